@@ -1,0 +1,8 @@
+"""Command-line interface: ``bench <command>``. Each command lives in its own module below."""
+
+from bench.cli.app import app
+from bench.cli import data  # noqa: F401  (registers commands)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,3 @@
+"""``bench data ...`` commands."""
+
+from bench.cli.app import data_app  # noqa: F401
