@@ -2,6 +2,7 @@
 
 from bench.cli.app import app
 from bench.cli import data  # noqa: F401  (registers commands)
+from bench.cli import leaderboard  # noqa: F401
 
 
 def main() -> None:

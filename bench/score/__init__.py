@@ -1,0 +1,1 @@
+"""Scoring: accuracy metrics, DCASE complexity counting, INT8 quantization and energy per clip."""

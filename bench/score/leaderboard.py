@@ -1,0 +1,291 @@
+"""The leaderboard: one Parquet row per scored submission, appended atomically by concurrent scoring runs.
+
+Every column is documented in docs/leaderboard.md; bump ``SCHEMA_VERSION`` (and that document) whenever a column is
+added, removed or changes meaning. Accuracies are fractions in [0, 1]; sizes are bytes; MACs are for one 1-s clip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import json
+import math
+import numbers
+import os
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench import provenance
+
+SCHEMA_VERSION = 1
+VERSION_KEY = b"ascbench.schema_version"
+
+KINDS = ("system", "teacher", "package", "ablation")
+STATUSES = ("ok", "failed")
+DEPLOY_DTYPES = ("float16", "float32", "int8")
+ENERGY_METHODS = ("rapl", "cpu-load-estimate")
+ENUMS = {"kind": KINDS, "status": STATUSES, "deploy_dtype": DEPLOY_DTYPES, "energy_method": ENERGY_METHODS}
+
+REQUIRED = frozenset({"submission", "system", "kind", "status"})
+FRACTIONS = ("macro_acc", "macro_acc_ci_low", "macro_acc_ci_high", "overall_acc", "acc_known", "acc_unseen",
+             "acc_real", "acc_seen", "int8_macro_acc")
+# stored as JSON text: portable to CSV/pandas/any Parquet reader, unlike map types that pandas turns into tuples
+JSON_COLUMNS = ("acc_per_device", "acc_per_class", "confusion", "complexity_per_device", "counters")
+
+_STR, _F64, _I64, _BOOL = pa.string(), pa.float64(), pa.int64(), pa.bool_()
+_TS = pa.timestamp("us", tz="UTC")
+
+SCHEMA = pa.schema(
+    [
+        ("schema_version", pa.int16()),
+        # identity
+        ("row_id", _STR), ("submission", _STR), ("system", _STR), ("variant", _STR), ("kind", _STR),
+        ("is_teacher", _BOOL), ("seed", _I64), ("profile", _STR), ("dataset", _STR), ("dataset_fingerprint", _STR),
+        ("split", _STR), ("train_split", _STR), ("config_hash", _STR), ("notes", _STR),
+        # status
+        ("status", _STR), ("error", _STR),
+        # accuracy
+        ("macro_acc", _F64), ("macro_acc_ci_low", _F64), ("macro_acc_ci_high", _F64), ("overall_acc", _F64),
+        ("log_loss", _F64), ("acc_known", _F64), ("acc_unseen", _F64), ("acc_real", _F64), ("acc_seen", _F64),
+        ("acc_per_device", _STR), ("acc_per_class", _STR), ("confusion", _STR), ("n_clips", _I64),
+        # deployment precision
+        ("deploy_dtype", _STR), ("int8_macro_acc", _F64), ("int8_size_bytes", _I64), ("int8_error", _STR),
+        # complexity
+        ("max_macs", _I64), ("max_param_bytes", _I64), ("params", _I64), ("thop_macs", _I64),
+        ("dispatcher_macs", _I64), ("complexity_per_device", _STR), ("compliant", _BOOL),
+        ("compliance_reasons", _STR), ("counters", _STR),
+        # energy
+        ("energy_j_per_clip", _F64), ("energy_method", _STR), ("analytic_energy_uj_per_clip", _F64),
+        # provenance
+        ("harness_version", _STR), ("git_commit", _STR), ("git_dirty", _BOOL), ("python", _STR), ("torch", _STR),
+        ("torchaudio", _STR), ("torchinfo", _STR), ("thop", _STR), ("codecarbon", _STR), ("lightning", _STR),
+        ("cpu_model", _STR), ("gpu_model", _STR), ("threads", _I64), ("batch_size", _I64), ("started_at", _TS),
+        ("finished_at", _TS), ("wall_s_train", _F64), ("wall_s_score", _F64), ("clips_per_s", _F64), ("host", _STR),
+    ],
+    metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+COLUMNS = tuple(SCHEMA.names)
+
+
+class BoardError(RuntimeError):
+    """A leaderboard file that cannot be used as it is; the message names the file and the way out."""
+
+
+# ---------------------------------------------------------------------------------------------------------- rows
+
+
+def make_row(**fields) -> dict:
+    """A complete, validated row: caller's fields plus identity and provenance defaults.
+
+    Unknown or missing required keys raise ``ValueError``; dict/list values of JSON columns are encoded.
+    """
+    unknown = sorted(set(fields) - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown leaderboard column(s): {', '.join(unknown)} (see docs/leaderboard.md)")
+    missing = sorted(REQUIRED - {k for k, v in fields.items() if v is not None})
+    if missing:
+        raise ValueError(f"missing required leaderboard column(s): {', '.join(missing)}")
+    defaults = {"schema_version": SCHEMA_VERSION, "row_id": uuid.uuid4().hex,
+                "is_teacher": fields["kind"] == "teacher", "finished_at": provenance.utc_now(), **provenance.collect()}
+    row = {name: None for name in COLUMNS} | defaults | fields
+    for name in JSON_COLUMNS:
+        row[name] = _encode_json(name, row[name])
+    validate_row(row)
+    return row
+
+
+def validate_row(row: dict) -> None:
+    """Raise ``ValueError`` naming the first column that breaks the schema or the rules the board relies on."""
+    if set(row) != set(COLUMNS):
+        raise ValueError("rows must carry exactly the schema's columns; build them with make_row()")
+    for field in SCHEMA:
+        value = row[field.name]
+        try:
+            if pa.types.is_integer(field.type) and value is not None and not isinstance(value, numbers.Integral):
+                raise TypeError("arrow would silently truncate it")
+            pa.array([value], type=field.type)
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise ValueError(f"column {field.name!r}: {value!r} is not {field.type} ({exc})") from None
+    for name, allowed in ENUMS.items():
+        if row[name] is not None and row[name] not in allowed:
+            raise ValueError(f"column {name!r}: {row[name]!r} is not one of {', '.join(allowed)}")
+    for name in FRACTIONS:
+        value = row[name]
+        if value is not None and not math.isnan(value) and not 0.0 <= value <= 1.0:
+            raise ValueError(f"column {name!r}: {value} is not a fraction in [0, 1] (accuracies are not percent)")
+    if row["status"] == "failed" and not row["error"]:
+        raise ValueError("a failed row needs an 'error' saying why")
+    if row["status"] == "ok" and row["macro_acc"] is None:
+        raise ValueError("an ok row needs 'macro_acc'")
+
+
+def _encode_json(name: str, value):
+    """JSON text for a JSON column; strings must already be valid JSON."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"column {name!r} holds invalid JSON: {exc}") from None
+        return value
+    try:
+        return json.dumps(value, default=_plain)  # keys keep their order: class order matters for `confusion`
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"column {name!r} cannot be encoded as JSON: {exc}") from None
+
+
+def _plain(value):
+    """numpy/torch scalars and arrays, as metric code tends to hand them over, as plain Python for JSON."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# -------------------------------------------------------------------------------------------------------- reading
+
+
+def read_table(path: str | os.PathLike) -> pa.Table:
+    """The board at ``path`` in the current schema (older boards gain null columns); ``BoardError`` if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no leaderboard at {path}")
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowException as exc:
+        raise BoardError(_corrupt_message(path, f"not readable Parquet: {exc}")) from None
+    return _conform(table, _file_version(table, path), path)
+
+
+def read_board(path: str | os.PathLike) -> pd.DataFrame:
+    """The board as a DataFrame; integer and boolean columns stay nullable instead of turning into floats."""
+    nullable = {pa.int16(): pd.Int64Dtype(), _I64: pd.Int64Dtype(), _BOOL: pd.BooleanDtype()}
+    return read_table(path).to_pandas(types_mapper=nullable.get)
+
+
+def _file_version(table: pa.Table, path: Path) -> int:
+    raw = (table.schema.metadata or {}).get(VERSION_KEY)
+    if raw is None:
+        raise BoardError(_corrupt_message(path, "no ascbench schema version in its metadata"))
+    version = int(raw)
+    if version > SCHEMA_VERSION:
+        raise BoardError(f"{path} uses leaderboard schema v{version}, but this ascbench only knows up to "
+                         f"v{SCHEMA_VERSION}; upgrade ascbench (git pull / pip install -U) to read or append to it.")
+    return version
+
+
+def _conform(table: pa.Table, version: int, path: Path) -> pa.Table:
+    """Reorder and cast to ``SCHEMA``: columns an older version lacked become nulls, ones it dropped go away."""
+    n = table.num_rows
+    arrays = []
+    for field in SCHEMA:
+        if field.name in table.column_names:
+            try:
+                arrays.append(table[field.name].cast(field.type))
+            except pa.ArrowException as exc:
+                raise BoardError(_corrupt_message(path, f"column {field.name!r} has the wrong type: {exc}")) from None
+        elif field.name == "schema_version":  # rows from before the column existed were written at the file version
+            arrays.append(pa.array([version] * n, type=field.type))
+        else:
+            arrays.append(pa.nulls(n, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _corrupt_message(path: Path, why: str) -> str:
+    return (f"{path} is not a usable ascbench leaderboard ({why}). It was left untouched. Restore it "
+            f"(`git checkout -- {path}` if it is tracked) or move it aside, then re-score to rebuild it.")
+
+
+# -------------------------------------------------------------------------------------------------------- writing
+
+
+def append_rows(board_path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """Append ``rows`` (from ``make_row``) to the board and return its new row count.
+
+    Writers serialise on ``<board>.lock`` (flock; local file systems only) and publish with ``os.replace``, so
+    concurrent appends all land, readers never see a half-written file, and a crash leaves the old board intact.
+    """
+    rows = list(rows)
+    for row in rows:
+        validate_row(row)
+    board = Path(board_path)
+    board.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(board):
+        _remove_stale_temps(board)
+        old = read_table(board) if board.exists() else SCHEMA.empty_table()
+        if not rows:
+            return old.num_rows
+        table = pa.concat_tables([old, pa.Table.from_pylist(rows, schema=SCHEMA)])
+        _write_atomic(table, board)
+        return table.num_rows
+
+
+@contextlib.contextmanager
+def _locked(board: Path) -> Iterator[None]:
+    """Exclusive writer lock on a sidecar file (never deleted: removing a lock file lets two writers in)."""
+    with open(board.with_name(board.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the handle releases the lock, also when the process dies
+
+
+def _temp_prefix(board: Path) -> str:
+    return f".{board.name}."
+
+
+def _remove_stale_temps(board: Path) -> None:
+    """Delete temp files of writers that died before publishing; safe because only the lock holder writes temps."""
+    for stale in board.parent.glob(glob.escape(_temp_prefix(board)) + "*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _write_atomic(table: pa.Table, board: Path) -> None:
+    """Write next to the board, fsync, then rename over it: the board is either the old or the new file."""
+    fd, temp = tempfile.mkstemp(dir=board.parent, prefix=_temp_prefix(board), suffix=".tmp")
+    try:
+        os.fchmod(fd, board.stat().st_mode & 0o777 if board.exists() else 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, board)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(board.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+# ------------------------------------------------------------------------------------------------------- querying
+
+
+def filter_board(df: pd.DataFrame, *, system: str | None = None, profile: str | None = None,
+                 dataset: str | None = None, kind: str | None = None) -> pd.DataFrame:
+    """Rows whose given columns equal the given values; ``None`` means no constraint."""
+    wanted = {"system": system, "profile": profile, "dataset": dataset, "kind": kind}
+    mask = pd.Series(True, index=df.index)
+    for column, value in wanted.items():
+        if value is not None:
+            mask &= df[column] == value
+    return df[mask.fillna(False).astype(bool)]
+
+
+def rank_board(df: pd.DataFrame) -> pd.DataFrame:
+    """Sorted by macro accuracy, best first (failed rows last), with a ``rank`` column.
+
+    Teachers are sorted in but get no rank: they ignore the complexity limits and are not competing. Ties share a rank.
+    """
+    scored = (df["status"] == "ok") & df["macro_acc"].notna()
+    ranks = df["macro_acc"].where(scored & ~df["is_teacher"].fillna(False)).rank(ascending=False, method="min")
+    ranked = df.assign(rank=ranks.astype("Int64"), _sort=df["macro_acc"].where(scored))
+    ranked = ranked.sort_values(["_sort", "submission"], ascending=[False, True], na_position="last", kind="stable")
+    return ranked[["rank", *df.columns]].reset_index(drop=True)
