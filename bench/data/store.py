@@ -1,0 +1,205 @@
+"""The packed audio store: every clip of a dataset decoded once to 32 kHz int16 in one memory-mapped file.
+
+Decoding and resampling 44.1 kHz 24-bit WAVs each epoch is what makes the public baselines slow; after
+``bench data prepare`` all training and scoring loaders read rows of ``audio.i16`` instead. Preparation works in
+chunks and records each finished chunk, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from bench.data.audio import CLIP_SAMPLES, TARGET_SR, AudioIssue, AudioReadError, decode, fit_length, resample
+from bench.data.tau import Dataset, DatasetError, open_dataset
+from bench.paths import data_home
+
+STORE_VERSION = 1
+CHUNK = 256
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def default_store_dir(dataset: Dataset) -> Path:
+    digest = hashlib.sha1(str(dataset.root).encode()).hexdigest()[:10]
+    return data_home() / "stores" / f"{dataset.name}-{digest}"
+
+
+def fingerprint(dataset: Dataset, filenames: list[str], splits: list[str]) -> str:
+    """Identity of the data a store holds: manifest, file list with sizes, split file contents."""
+    h = hashlib.sha256(f"{dataset.name}\n".encode())
+    for name in filenames:
+        path = dataset.root / name
+        h.update(f"{name}\t{path.stat().st_size if path.exists() else -1}\n".encode())
+    for split in sorted(splits):
+        h.update(split.encode() + dataset.split_files[split].read_bytes())
+    return h.hexdigest()
+
+
+@dataclass
+class PrepareReport:
+    store: "Store"
+    converted: dict[str, int]            # issue kind -> count of clips fixed on the way in
+    failed: list[AudioIssue]             # clips that could not be decoded (stored as silence, flagged)
+    resumed_chunks: int
+    reused: bool
+
+
+def _decode_one(root: Path, name: str, expected_sr: int):
+    try:
+        wave, sr, issues = decode(root / name, expected_sr)
+        return wave, sr, issues
+    except AudioReadError as exc:
+        return None, 0, [exc.issue]
+
+
+def _decode_chunk(pool: ThreadPoolExecutor, root: Path, names: list[str], expected_sr: int):
+    """Decode a chunk (threads: soundfile releases the GIL), resample per source rate in one batched call."""
+    results = list(pool.map(lambda n: _decode_one(root, n, expected_sr), names))
+    out = np.zeros((len(names), CLIP_SAMPLES), dtype=np.float32)
+    issues: list[AudioIssue] = []
+    by_rate: dict[tuple[int, int], list[int]] = {}
+    for i, (wave, sr, iss) in enumerate(results):
+        issues.extend(iss)
+        if wave is not None:
+            by_rate.setdefault((sr, len(wave)), []).append(i)
+    for (sr, _), idx in by_rate.items():
+        batch = np.stack([results[i][0] for i in idx])
+        out[idx] = fit_length(resample(batch, sr))
+    ok = np.array([r[0] is not None for r in results])
+    return out, issues, ok
+
+
+def to_int16(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def prepare(root: str | Path, splits: list[str] | None = None, store_dir: Path | None = None,
+            manifest: str | None = None, splits_dir: str | Path | None = None, threads: int = 2,
+            progress: Callable[[int, int], None] | None = None) -> PrepareReport:
+    """Convert the clips of ``splits`` (default: the manifest's train and test splits) into a store."""
+    dataset = open_dataset(root, manifest, splits_dir)
+    if splits is None:
+        splits = [s for s in (dataset.manifest.train_split, dataset.manifest.test_split) if s]
+    missing = [s for s in splits if s not in dataset.split_files]
+    if missing:
+        raise DatasetError(f"{dataset.root}: split file(s) for {missing} not found; place "
+                           f"{', '.join(dataset.manifest.splits[s].file for s in missing if s in dataset.manifest.splits) or 'them'} "
+                           "next to the data or pass --splits-dir")
+    members = {s: dataset.split(s)["filename"].tolist() for s in splits}
+    filenames = sorted(set().union(*members.values()))
+    store_dir = Path(store_dir) if store_dir else default_store_dir(dataset)
+    fp = fingerprint(dataset, filenames, splits)
+    info_path = store_dir / "store.json"
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        if info.get("fingerprint") == fp and info.get("complete") and info.get("version") == STORE_VERSION:
+            return PrepareReport(Store(store_dir), {}, [], 0, reused=True)
+        if info.get("fingerprint") != fp or info.get("version") != STORE_VERSION:
+            for f in ("audio.i16", "progress.jsonl", "index.parquet", "store.json"):
+                (store_dir / f).unlink(missing_ok=True)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    n = len(filenames)
+    info = {"version": STORE_VERSION, "dataset": dataset.name, "manifest": dataset.manifest.name,
+            "source": str(dataset.root), "fingerprint": fp, "n": n, "sample_rate": TARGET_SR,
+            "samples": CLIP_SAMPLES, "splits": splits, "complete": False}
+    info_path.write_text(json.dumps(info, indent=2))
+    audio_path = store_dir / "audio.i16"
+    mode = "r+" if audio_path.exists() and audio_path.stat().st_size == n * CLIP_SAMPLES * 2 else "w+"
+    audio = np.memmap(audio_path, dtype=np.int16, mode=mode, shape=(n, CLIP_SAMPLES))
+    progress_path = store_dir / "progress.jsonl"
+    done: dict[int, dict] = {}
+    if mode == "r+" and progress_path.exists():
+        for line in progress_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                done[rec["chunk"]] = rec
+            except (json.JSONDecodeError, KeyError):
+                break  # a torn last line from an interrupted write: that chunk is simply redone
+    resumed = len(done)
+    chunks = range(0, n, CHUNK)
+    with ThreadPoolExecutor(threads) as pool, open(progress_path, "a") as plog:
+        for k, start in enumerate(chunks):
+            if k not in done:
+                names = filenames[start:start + CHUNK]
+                waves, issues, ok = _decode_chunk(pool, dataset.root, names, dataset.manifest.sample_rate)
+                audio[start:start + len(names)] = to_int16(waves)
+                audio.flush()
+                rec = {"chunk": k, "failed": [i for i, v in enumerate(ok) if not v],
+                       "issues": [[i.path, i.kind, i.message, i.fatal] for i in issues]}
+                plog.write(json.dumps(rec) + "\n")
+                plog.flush()
+                os.fsync(plog.fileno())
+                done[k] = rec
+            if progress:
+                progress(min(start + CHUNK, n), n)
+    del audio
+    all_issues = [AudioIssue(*i) for k in sorted(done) for i in done[k]["issues"]]
+    failed_rows = {k * CHUNK + i for k, rec in done.items() for i in rec["failed"]}
+    index = dataset.clips.set_index("filename").loc[filenames].reset_index()
+    index.insert(0, "row", np.arange(n))
+    index["ok"] = ~index["row"].isin(failed_rows)
+    for s, names in members.items():
+        index[f"in_{s}"] = index["filename"].isin(set(names))
+    index.to_parquet(store_dir / "index.parquet", index=False)
+    converted: dict[str, int] = {}
+    for i in all_issues:
+        if not i.fatal:
+            converted[i.kind] = converted.get(i.kind, 0) + 1
+    info.update(complete=True, converted=converted, failed=len(failed_rows))
+    tmp = info_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, info_path)
+    return PrepareReport(Store(store_dir), converted, [i for i in all_issues if i.fatal], resumed, reused=False)
+
+
+class Store:
+    """Read side of a prepared store: ``index`` (one row per clip) and ``waveforms(rows)``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        info_path = self.root / "store.json"
+        if not info_path.exists():
+            raise StoreError(f"{self.root}: no store here; run `bench data prepare DATASET_DIR` first")
+        self.info = json.loads(info_path.read_text())
+        if not self.info.get("complete"):
+            raise StoreError(f"{self.root}: store preparation was interrupted; run `bench data prepare` again to "
+                             "resume it")
+        self.index = pd.read_parquet(self.root / "index.parquet")
+        self.audio = np.memmap(self.root / "audio.i16", dtype=np.int16, mode="r",
+                               shape=(self.info["n"], self.info["samples"]))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info["fingerprint"]
+
+    @property
+    def dataset_name(self) -> str:
+        return self.info["dataset"]
+
+    def split(self, name: str, include_failed: bool = False) -> pd.DataFrame:
+        col = f"in_{name}"
+        if col not in self.index.columns:
+            raise StoreError(f"{self.root}: split {name!r} was not prepared (have: {', '.join(self.info['splits'])}); "
+                             f"run `bench data prepare --splits {name},...`")
+        rows = self.index[self.index[col]]
+        return rows if include_failed else rows[rows["ok"]]
+
+    def waveforms(self, rows: np.ndarray) -> np.ndarray:
+        """float32 ``[len(rows), 32000]`` in the order given (read in sorted order for locality)."""
+        rows = np.asarray(rows)
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), self.audio.shape[1]), dtype=np.float32)
+        out[order] = self.audio[rows[order]]
+        out *= 1.0 / 32768.0
+        return out
