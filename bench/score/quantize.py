@@ -1,0 +1,174 @@
+"""INT8 quantization of a counted network, and the size of the quantized artefact.
+
+Method: PyTorch FX graph-mode quantization (``torch.ao.quantization.quantize_fx``) with the ``x86`` backend's
+default qconfig mappings (per-channel symmetric qint8 weights, quint8 activations; ``qnnpack`` on machines without
+the x86 engine). Why this one:
+
+- it runs in torch 2.11: ``torch.ao.quantization`` is deprecated but not removed (harness.md §5);
+- static post-training quantization and quantization-aware training share the same prepare/convert path;
+- it needs no extra dependency;
+- the PT2E + torchao path silently quantizes nothing unless the model is exported with ``strict=True``, and ONNX
+  Runtime would add ``onnx``, ``onnxscript`` and ``onnxruntime``.
+
+The deprecation warnings of ``torch.ao`` (and its observer range notice) are silenced inside this module only.
+Calibration data must come from training or validation clips, never from the test split.
+
+Size: after conversion ``parameters()`` is empty (quantized layers keep packed weights), so the official
+``get_model_size_bytes`` reports 0 B and torchinfo 0 MACs; count MACs on the float model and the size with
+:func:`int8_size`, which counts every tensor the converted model stores, as PyTorch stores it:
+
+- quantized tensors (the packed Conv/Linear weights, unpacked): 1 B per qint8/quint8 element;
+- their quantization parameters: per-channel scales (float64, 8 B) and zero points (int64, 8 B) per channel, or
+  one float64 scale and one int64 zero point for a per-tensor quantized weight;
+- every other tensor of the state dict and every non-persistent buffer by its dtype: float32 biases (BatchNorm is
+  folded into them), each layer's output scale (float32) and zero point (int64), the scales/zero points of input
+  quantization and quantized adds, and any parameters or buffers of layers left in float (e.g. LayerNorm);
+- BatchNorm's ``num_batches_tracked`` counters are skipped: nothing computes with them.
+
+Float64/int64 quantization parameters make this a conservative, PyTorch-specific figure; an embedded runtime would
+store them in fewer bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*torch\.ao\.quantization is deprecated",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Please use quant_min and quant_max", category=UserWarning)
+        yield
+
+
+with _quiet():
+    from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
+
+
+class QuantizationError(RuntimeError):
+    """The network cannot be quantized; the message says why, for the result table."""
+
+
+def _select_engine() -> str:
+    """The quantized engine used (and selected globally, since packed weights are engine-specific)."""
+    engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack"
+    torch.backends.quantized.engine = engine
+    return engine
+
+
+def _prepare(net: nn.Module, example_input: torch.Tensor, qat: bool) -> nn.Module:
+    model = copy.deepcopy(net).float().cpu().train(qat)
+    engine = _select_engine()
+    mapping = get_default_qat_qconfig_mapping(engine) if qat else get_default_qconfig_mapping(engine)
+    try:
+        with _quiet():
+            return (prepare_qat_fx if qat else prepare_fx)(model, mapping, (example_input,))
+    except Exception as err:
+        raise QuantizationError(f"FX graph-mode tracing/preparation failed: {type(err).__name__}: {err}") from err
+
+
+def _convert(prepared: nn.Module) -> nn.Module:
+    model = copy.deepcopy(prepared).eval()
+    _select_engine()
+    try:
+        with _quiet():
+            converted = convert_fx(model)
+    except Exception as err:
+        raise QuantizationError(f"FX conversion to INT8 failed: {type(err).__name__}: {err}") from err
+    if int8_size(converted).n_quantized_tensors == 0:
+        raise QuantizationError("no layer was quantized (no quantizable Conv/Linear in the traced graph)")
+    return converted
+
+
+def quantize_static(net: nn.Module, calibration_batches: Iterable[torch.Tensor],
+                    example_input: torch.Tensor) -> nn.Module:
+    """Post-training static quantization: observe activation ranges on ``calibration_batches`` (feature batches
+    from training/validation clips), then convert. ``net`` is not modified."""
+    prepared = _prepare(net, example_input, qat=False)
+    n_batches = 0
+    with torch.no_grad(), _quiet():
+        for batch in calibration_batches:
+            prepared(batch)
+            n_batches += 1
+    if n_batches == 0:
+        raise QuantizationError("no calibration batches were given")
+    return _convert(prepared)
+
+
+def prepare_qat(net: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """A copy of ``net`` with fake-quantization inserted, in train mode, to be fine-tuned and then passed to
+    :func:`convert_qat`."""
+    return _prepare(net, example_input, qat=True)
+
+
+def convert_qat(prepared: nn.Module) -> nn.Module:
+    """The INT8 model of a QAT-fine-tuned network from :func:`prepare_qat` (which is not modified)."""
+    return _convert(prepared)
+
+
+@dataclass(frozen=True)
+class Int8Size:
+    """Bytes of a converted model by kind; see the module docstring for exactly what is counted."""
+
+    quantized_values: int
+    quantization_params: int
+    other_tensors: int
+    n_quantized_tensors: int
+
+    @property
+    def total(self) -> int:
+        return self.quantized_values + self.quantization_params + self.other_tensors
+
+
+def _tensors(value) -> Iterator[torch.Tensor]:
+    """Tensors in a state-dict value; quantized Linear layers store a (weight, bias) tuple."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def _stored_tensors(model: nn.Module) -> Iterator[torch.Tensor]:
+    state = model.state_dict()
+    for name, value in state.items():
+        if not name.endswith("num_batches_tracked"):
+            yield from _tensors(value)
+    for name, buffer in model.named_buffers():
+        if name not in state:
+            yield buffer
+
+
+def _qparam_bytes(tensor: torch.Tensor) -> int:
+    if tensor.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
+                            torch.per_channel_affine_float_qparams):
+        scales, zero_points = tensor.q_per_channel_scales(), tensor.q_per_channel_zero_points()
+        return scales.numel() * scales.element_size() + zero_points.numel() * zero_points.element_size()
+    return 8 + 8  # per-tensor: one double scale and one int64 zero point
+
+
+def int8_size(qmodel: nn.Module) -> Int8Size:
+    """Size of a converted INT8 model, counted from the tensors it stores (not from ``parameters()``)."""
+    values = qparams = other = n_quantized = 0
+    for tensor in _stored_tensors(qmodel):
+        if tensor.is_quantized:
+            values += tensor.numel() * tensor.element_size()
+            qparams += _qparam_bytes(tensor)
+            n_quantized += 1
+        else:
+            other += tensor.numel() * tensor.element_size()
+    return Int8Size(values, qparams, other, n_quantized)
+
+
+def int8_size_bytes(qmodel: nn.Module) -> int:
+    return int8_size(qmodel).total
