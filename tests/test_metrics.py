@@ -9,7 +9,10 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, log_loss
 
-from bench.score.metrics import DCASE25_DEVICE_ROLES, aggregate_seeds, score_predictions
+from bench.data.manifest import load_manifest
+from bench.score.metrics import aggregate_seeds, score_predictions
+
+ROLES = load_manifest("tau22-dev").roles()
 
 CLASSES = ["airport", "bus", "metro", "metro_station", "park", "public_square", "shopping_mall",
            "street_pedestrian", "street_traffic", "tram"]
@@ -33,7 +36,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def scores(data):
-    return score_predictions(*data, CLASSES, n_boot=300, seed=1)
+    return score_predictions(*data, CLASSES, ROLES, n_boot=300, seed=1)
 
 
 def test_against_sklearn(data, scores):
@@ -62,7 +65,7 @@ def test_device_and_group_accuracy(data, scores):
         mask = devices == device
         assert scores.device_accuracy[device] == pytest.approx(accuracy_score(y[mask], pred[mask]))
         assert scores.device_clips[device] == mask.sum()
-    roles = np.array([DCASE25_DEVICE_ROLES.get(d, "unseen") for d in devices])
+    roles = np.array([ROLES.get(d, "unseen") for d in devices])
     for group, mask in {"real": roles == "real", "seen": roles == "seen", "unseen": roles == "unseen",
                         "known": roles != "unseen"}.items():
         assert scores.group_accuracy[group] == pytest.approx(accuracy_score(y[mask], pred[mask]))
@@ -82,9 +85,9 @@ def test_bootstrap_ci_contains_point_and_is_seeded(data, scores):
     assert hi - lo < 0.1
     lo, hi = scores.accuracy_ci
     assert lo < scores.accuracy < hi
-    again = score_predictions(*data, CLASSES, n_boot=300, seed=1)
+    again = score_predictions(*data, CLASSES, ROLES, n_boot=300, seed=1)
     assert again.macro_accuracy_ci == scores.macro_accuracy_ci
-    other = score_predictions(*data, CLASSES, n_boot=300, seed=2)
+    other = score_predictions(*data, CLASSES, ROLES, n_boot=300, seed=2)
     assert other.macro_accuracy_ci != scores.macro_accuracy_ci
 
 
@@ -97,7 +100,7 @@ def test_row_is_flat_and_complete(scores):
 
 
 def test_aggregate_seeds():
-    runs = [score_predictions(*make_predictions(seed, 500), CLASSES, n_boot=20) for seed in range(3)]
+    runs = [score_predictions(*make_predictions(seed, 500), CLASSES, ROLES, n_boot=20) for seed in range(3)]
     agg = aggregate_seeds(runs)
     values = [r.macro_accuracy for r in runs]
     assert agg["n_seeds"] == 3
@@ -118,7 +121,7 @@ def test_aggregate_seeds():
 ])
 def test_invalid_input_raises(data, mutate, message):
     with pytest.raises(ValueError, match=message):
-        score_predictions(*mutate(*data), CLASSES, n_boot=5)
+        score_predictions(*mutate(*data), CLASSES, ROLES, n_boot=5)
 
 
 def test_invalid_role_raises(data):

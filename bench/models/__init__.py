@@ -14,7 +14,7 @@ from bench.models.base import ASCModel
 
 _BUILDERS: dict[str, Callable[..., ASCModel]] = {}
 _CONFIGS: dict[str, dict[str, Any]] = {}
-_ARCH_MODULES = ("cpmobile",)
+_ARCH_MODULES = ("cpmobile", "cpresnet", "dsflexinet", "passt")
 _loaded = False
 
 

@@ -4,20 +4,18 @@ The official metric is the macro-average class-wise accuracy: the mean over clas
 clips classified correctly. Per-device and per-group accuracies are plain accuracies over the clips of that device
 or group, as the baseline logs them. Device groups follow the baseline: ``real`` (a, b, c), ``seen`` (simulated
 devices with training data, s1-s3) and ``unseen`` (everything else, including eval-set ``unknown``); ``known`` is
-real + seen. Confidence intervals are percentile bootstraps over clips.
+real + seen. Roles come from the dataset manifest (``Manifest.roles()``); a device the mapping does not name is
+unseen. Confidence intervals are percentile bootstraps over clips.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Mapping, Sequence
 
 import numpy as np
 
 ROLES = ("real", "seen", "unseen")
-DCASE25_DEVICE_ROLES = MappingProxyType({"a": "real", "b": "real", "c": "real",
-                                         "s1": "seen", "s2": "seen", "s3": "seen"})
 
 
 @dataclass
@@ -128,7 +126,7 @@ def _mean_or_nan(values: np.ndarray) -> float:
 
 
 def score_predictions(y_true, logits, devices, class_names: Sequence[str],
-                      device_roles: Mapping[str, str] = DCASE25_DEVICE_ROLES, n_boot: int = 1000, seed: int = 0,
+                      device_roles: Mapping[str, str], n_boot: int = 1000, seed: int = 0,
                       ci_level: float = 0.95) -> Scores:
     """Score logits (clips x classes, columns in ``class_names`` order) against integer labels.
 
