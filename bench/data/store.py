@@ -35,14 +35,27 @@ def default_store_dir(dataset: Dataset) -> Path:
     return data_home() / "stores" / f"{dataset.name}-{digest}"
 
 
-def fingerprint(dataset: Dataset, filenames: list[str], splits: list[str]) -> str:
-    """Identity of the data a store holds: manifest, file list with sizes, split file contents."""
+def source_state(dataset: Dataset, filenames: list[str], splits: list[str]) -> str:
+    """Whether the files on disk changed since the store was made: names, sizes, modification times, split files.
+    (Cheap to check; the content fingerprint is computed from the decoded audio while preparing.)"""
     h = hashlib.sha256(f"{dataset.name}\n".encode())
     for name in filenames:
         path = dataset.root / name
-        h.update(f"{name}\t{path.stat().st_size if path.exists() else -1}\n".encode())
+        st = path.stat() if path.exists() else None
+        h.update(f"{name}\t{st.st_size if st else -1}\t{st.st_mtime_ns if st else -1}\n".encode())
     for split in sorted(splits):
         h.update(split.encode() + dataset.split_files[split].read_bytes())
+    return h.hexdigest()
+
+
+def content_fingerprint(name: str, index: pd.DataFrame, chunk_digests: list[str], splits: list[str]) -> str:
+    """Identity of the data: the decoded 32 kHz audio, the labels, devices and split memberships. The same data
+    copied to another machine has the same fingerprint."""
+    h = hashlib.sha256(name.encode())
+    cols = ["filename", "scene_label", "identifier", "device", "ok", *[f"in_{s}" for s in sorted(splits)]]
+    h.update(index[cols].to_csv(index=False).encode())
+    for d in chunk_digests:
+        h.update(d.encode())
     return h.hexdigest()
 
 
@@ -99,19 +112,19 @@ def prepare(root: str | Path, splits: list[str] | None = None, store_dir: Path |
     members = {s: dataset.split(s)["filename"].tolist() for s in splits}
     filenames = sorted(set().union(*members.values()))
     store_dir = Path(store_dir) if store_dir else default_store_dir(dataset)
-    fp = fingerprint(dataset, filenames, splits)
+    state = source_state(dataset, filenames, splits)
     info_path = store_dir / "store.json"
     if info_path.exists():
         info = json.loads(info_path.read_text())
-        if info.get("fingerprint") == fp and info.get("complete") and info.get("version") == STORE_VERSION:
+        if info.get("source_state") == state and info.get("complete") and info.get("version") == STORE_VERSION:
             return PrepareReport(Store(store_dir), {}, [], 0, reused=True)
-        if info.get("fingerprint") != fp or info.get("version") != STORE_VERSION:
+        if info.get("source_state") != state or info.get("version") != STORE_VERSION:
             for f in ("audio.i16", "progress.jsonl", "index.parquet", "store.json"):
                 (store_dir / f).unlink(missing_ok=True)
     store_dir.mkdir(parents=True, exist_ok=True)
     n = len(filenames)
     info = {"version": STORE_VERSION, "dataset": dataset.name, "manifest": dataset.manifest.name,
-            "source": str(dataset.root), "fingerprint": fp, "n": n, "sample_rate": TARGET_SR,
+            "source": str(dataset.root), "source_state": state, "n": n, "sample_rate": TARGET_SR,
             "samples": CLIP_SAMPLES, "splits": splits, "complete": False}
     info_path.write_text(json.dumps(info, indent=2))
     audio_path = store_dir / "audio.i16"
@@ -135,7 +148,8 @@ def prepare(root: str | Path, splits: list[str] | None = None, store_dir: Path |
                 waves, issues, ok = _decode_chunk(pool, dataset.root, names, dataset.manifest.sample_rate)
                 audio[start:start + len(names)] = to_int16(waves)
                 audio.flush()
-                rec = {"chunk": k, "failed": [i for i, v in enumerate(ok) if not v],
+                rec = {"chunk": k, "digest": hashlib.sha1(audio[start:start + len(names)].tobytes()).hexdigest(),
+                       "failed": [i for i, v in enumerate(ok) if not v],
                        "issues": [[i.path, i.kind, i.message, i.fatal] for i in issues]}
                 plog.write(json.dumps(rec) + "\n")
                 plog.flush()
@@ -156,7 +170,8 @@ def prepare(root: str | Path, splits: list[str] | None = None, store_dir: Path |
     for i in all_issues:
         if not i.fatal:
             converted[i.kind] = converted.get(i.kind, 0) + 1
-    info.update(complete=True, converted=converted, failed=len(failed_rows))
+    fp = content_fingerprint(dataset.name, index, [done[k]["digest"] for k in sorted(done)], splits)
+    info.update(complete=True, fingerprint=fp, converted=converted, failed=len(failed_rows))
     tmp = info_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=2))
     os.replace(tmp, info_path)
@@ -178,6 +193,13 @@ class Store:
         self.index = pd.read_parquet(self.root / "index.parquet")
         self.audio = np.memmap(self.root / "audio.i16", dtype=np.int16, mode="r",
                                shape=(self.info["n"], self.info["samples"]))
+
+    def __getstate__(self) -> dict:
+        """Pickle by path (DDP spawn, data-loader workers): the memmap is reopened, never copied."""
+        return {"root": self.root}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["root"])
 
     @property
     def fingerprint(self) -> str:
