@@ -52,8 +52,11 @@ def _whole_batch(batch):
     return batch
 
 
-def make_loader(dataset: ClipDataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
+def make_loader(dataset: ClipDataset, batch_size: int, shuffle: bool, seed: int | None = 0, drop_last: bool = False,
                 num_workers: int = 0) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
+    """``seed=None`` leaves shuffling to the sampler Lightning installs under DDP (seeded by ``seed_everything``);
+    a seeded ``torch.Generator`` cannot be handed to spawned DDP workers (its pickled state is a temporary shared
+    tensor whose file descriptor closes before the workers start)."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator,
                       collate_fn=_whole_batch, num_workers=num_workers, persistent_workers=num_workers > 0)

@@ -1,0 +1,253 @@
+"""Score a submission on a prepared dataset: accuracy, official complexity, INT8, energy -> one leaderboard row.
+
+Our trained systems and third-party submissions go through this same code. The test split is only ever predicted
+on; INT8 calibration uses validation clips carved from the training split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench.data.loaders import ClipDataset, make_loader
+from bench.data.manifest import Manifest
+from bench.data.store import Store
+from bench.score.complexity import ComplexityError, DeviceModel, SubmissionComplexity, count_devices, dtype_name
+from bench.score.energy import analytic_energy, measure_energy
+from bench.score.metrics import Scores, score_predictions
+from bench.score.quantize import QuantizationError, int8_size_bytes, quantize_static
+from bench.submission import GENERAL, OFFICIAL_DEVICES, ModelSubmission, Submission, SubmissionError
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ScoreOptions:
+    batch_size: int = 64
+    n_boot: int = 1000
+    int8: bool = True
+    calib_batches: int = 4
+    energy: bool = True
+    energy_clips: int = 256
+    seed: int = 0
+
+
+@dataclass
+class ScoreResult:
+    """Everything measured for one submission; ``row`` holds the leaderboard columns."""
+
+    row: dict
+    scores: Scores | None = None
+    complexity: SubmissionComplexity | None = None
+    logits: np.ndarray | None = None
+    int8_scores: Scores | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def align_classes(logits: np.ndarray, class_order: Sequence[str], classes: Sequence[str], who: str) -> np.ndarray:
+    """Reorder logit columns from the submission's class order to the dataset's (matched by name)."""
+    unknown = sorted(set(class_order) - set(classes))
+    missing = sorted(set(classes) - set(class_order))
+    if unknown or missing or len(class_order) != len(classes):
+        raise SubmissionError(f"{who}: class order {list(class_order)} does not match the dataset's classes "
+                              f"(unknown: {unknown}, missing: {missing})")
+    if logits.shape[1] != len(class_order):
+        raise SubmissionError(f"{who}: logits have {logits.shape[1]} columns for {len(class_order)} classes")
+    return logits[:, [list(class_order).index(c) for c in classes]]
+
+
+def check_logits(logits: np.ndarray, clips: pd.DataFrame, who: str) -> None:
+    """NaN/inf logits or a wrong number of predictions: a clear error naming the submission and devices."""
+    if len(logits) != len(clips):
+        raise SubmissionError(f"{who}: {len(logits)} predictions for {len(clips)} clips")
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        devs = sorted(set(clips["device"].to_numpy()[bad]))
+        raise SubmissionError(f"{who}: {int(bad.sum())} clip(s) with NaN or infinite logits on device(s) {devs}, "
+                              f"e.g. {clips['filename'].to_numpy()[bad][0]}")
+
+
+class InputCache:
+    """Model inputs of a split, kept for submissions that share a front-end (a system's general model, its device
+    models and their INT8 conversion): the mel spectrogram is the costliest part of CPU scoring. Kept only while
+    they fit in ``budget_bytes``."""
+
+    def __init__(self, budget_bytes: int = 1_500_000_000):
+        self.budget = budget_bytes
+        self.entries: dict[tuple, list[torch.Tensor]] = {}
+
+    def get(self, key: tuple | None) -> list[torch.Tensor] | None:
+        return self.entries.get(key) if key is not None else None
+
+    def put(self, key: tuple | None, batches: list[torch.Tensor]) -> None:
+        used = sum(t.numel() * t.element_size() for b in self.entries.values() for t in b)
+        size = sum(t.numel() * t.element_size() for t in batches)
+        if key is not None and used + size <= self.budget:
+            self.entries[key] = batches
+
+
+def predict_clips(sub: Submission, store: Store, clips: pd.DataFrame, batch_size: int,
+                  progress: Progress | None = None, label: str = "predict",
+                  cache: InputCache | None = None) -> np.ndarray:
+    """Logits for ``clips`` (store rows) in the submission's class order."""
+    devices = [str(d) for d in clips["device"].to_numpy()]
+    key = None
+    if cache is not None and sub.input_key() is not None:
+        rows = hashlib.sha1(clips["row"].to_numpy().tobytes()).hexdigest()
+        key = (sub.input_key(), store.fingerprint, rows, batch_size)
+    cached = cache.get(key) if cache is not None else None
+    inputs: list[torch.Tensor] = []
+    out, done = [], 0
+    loader = make_loader(ClipDataset(store, clips, []), batch_size, shuffle=False) if cached is None else cached
+    for i, batch in enumerate(loader):
+        lo = i * batch_size
+        ids = devices[lo:lo + (len(batch) if cached is not None else len(batch["wave"]))]
+        x = batch if cached is not None else sub.load_inputs(batch["wave"], ids)
+        if cached is None and key is not None:
+            inputs.append(x)
+        out.append(sub.predict_inputs(x, ids).numpy())
+        done += len(ids)
+        if progress:
+            progress(label, done, len(clips))
+    if cached is None and key is not None:
+        cache.put(key, inputs)
+    return np.concatenate(out) if out else np.zeros((0, len(sub.class_order)), dtype=np.float32)
+
+
+def official_complexity(sub: Submission, devices: Sequence[str] = OFFICIAL_DEVICES) -> SubmissionComplexity:
+    """Count each device model as the official check does: input shape from ``load_inputs`` on a 1-s dummy clip."""
+    dummy = 0.01 * torch.randn(1, sub.sample_rate, generator=torch.Generator().manual_seed(0))
+    models = {}
+    for dev in devices:
+        shape = tuple(sub.load_inputs(dummy, [dev]).shape)
+        models[dev] = DeviceModel(sub.counted_model_for_device(dev), shape, sub.deploy_dtype(dev))
+    try:
+        return count_devices(models)
+    except ComplexityError as exc:
+        raise SubmissionError(f"{sub.name}: {exc}") from exc
+
+
+def quantize_submission(sub: ModelSubmission, store: Store, calib: pd.DataFrame, options: ScoreOptions) -> ModelSubmission:
+    """Static INT8 of every model of ``sub``, calibrated on validation clips (each device model on its own
+    device's clips when there are enough, otherwise on all)."""
+    rng = np.random.default_rng(options.seed)
+
+    def features(rows: pd.DataFrame) -> list[torch.Tensor]:
+        n = min(len(rows), options.calib_batches * options.batch_size)
+        pick = rows.iloc[np.sort(rng.choice(len(rows), size=n, replace=False))]
+        waves = torch.from_numpy(store.waveforms(pick["row"].to_numpy()))
+        feats = sub.load_inputs(waves, pick["device"].tolist())
+        return list(torch.split(feats, options.batch_size))
+
+    all_feats = features(calib)
+    floats = sub.float_models or {GENERAL: sub.general, **sub.device_models}
+    converted = {}
+    for key, net in floats.items():
+        own = calib[calib["device"] == key]
+        feats = features(own) if len(own) >= options.batch_size else all_feats
+        converted[key] = quantize_static(net, feats, feats[0][:1])
+    general = converted.pop(GENERAL)
+    return sub.replace_models(f"{sub.name} (int8)", general, converted, torch.float32)
+
+
+def score_submission(sub: Submission, store: Store, manifest: Manifest, split: str,
+                     calib: pd.DataFrame | None = None, options: ScoreOptions | None = None,
+                     progress: Progress | None = None, cache: InputCache | None = None) -> ScoreResult:
+    """Predict the split, compute metrics, count complexity, quantize and measure energy."""
+    options = options or ScoreOptions()
+    cache = cache if cache is not None else InputCache()
+    clips = store.split(split)
+    if (clips["label"] < 0).any():
+        raise SubmissionError(f"split {split!r} has no labels; use `bench score --outputs` to write predictions")
+    start = time.perf_counter()
+    logits = align_classes(predict_clips(sub, store, clips, options.batch_size, progress, cache=cache), sub.class_order,
+                           manifest.classes, sub.name)
+    predict_s = time.perf_counter() - start
+    check_logits(logits, clips, sub.name)
+    roles = manifest.roles()
+    scores = score_predictions(clips["label"].to_numpy(), logits, clips["device"].to_numpy(), manifest.classes,
+                               roles, n_boot=options.n_boot, seed=options.seed)
+    complexity = official_complexity(sub)
+    general = complexity.per_device["a"]
+    row = {
+        "dataset": manifest.name, "dataset_fingerprint": store.fingerprint, "split": split,
+        **metric_columns(scores),
+        "deploy_dtype": dtype_name(sub.deploy_dtype("a")),
+        "max_macs": complexity.max_macs, "max_param_bytes": complexity.max_param_bytes,
+        "params": max(r.params for r in complexity.per_device.values()),
+        "thop_macs": max((r.thop_macs or 0) for r in complexity.per_device.values()) or None,
+        "dispatcher_macs": max(r.dispatcher_macs for r in complexity.per_device.values()),
+        "complexity_per_device": {d: {"macs": r.macs, "param_bytes": r.param_bytes, "params": r.params,
+                                      "dtype": r.dtype, "input_shape": list(r.input_shape),
+                                      "status": r.status} for d, r in complexity.per_device.items()},
+        "compliant": complexity.compliant,
+        "compliance_reasons": "; ".join(sorted({f"{d}: {x}" for d, r in complexity.per_device.items()
+                                                for x in r.reasons})) or None,
+        "counters": {**general.counters, "counter": "torchinfo total_mult_adds, fp32 copy, batch 1"},
+        "batch_size": options.batch_size, "clips_per_s": len(clips) / max(predict_s, 1e-9),
+    }
+    ana = analytic_energy(complexity.max_macs, complexity.max_param_bytes, sub.deploy_dtype("a"))
+    row["analytic_energy_uj_per_clip"] = ana.joules * 1e6
+    result = ScoreResult(row, scores, complexity, logits)
+    if options.int8:
+        _score_int8(sub, store, manifest, clips, calib, options, result, progress, cache)
+    if options.energy:
+        _measure_energy(sub, store, clips, options, result)
+    row["wall_s_score"] = time.perf_counter() - start
+    return result
+
+
+def metric_columns(scores: Scores) -> dict:
+    g = scores.group_accuracy
+    return {"macro_acc": scores.macro_accuracy, "macro_acc_ci_low": scores.macro_accuracy_ci[0],
+            "macro_acc_ci_high": scores.macro_accuracy_ci[1], "overall_acc": scores.accuracy,
+            "log_loss": scores.log_loss, "acc_known": g.get("known"), "acc_unseen": g.get("unseen"),
+            "acc_real": g.get("real"), "acc_seen": g.get("seen"), "acc_per_device": scores.device_accuracy,
+            "acc_per_class": scores.class_accuracy, "confusion": scores.confusion, "n_clips": scores.n_clips}
+
+
+def _score_int8(sub, store, manifest, clips, calib, options, result, progress, cache) -> None:
+    row = result.row
+    if sub.deploy_dtype("a") == torch.int8:
+        row["int8_macro_acc"] = row["macro_acc"]
+        return
+    if not isinstance(sub, ModelSubmission):
+        row["int8_error"] = "not quantized: the submission does not expose its float models"
+        return
+    if calib is None or len(calib) == 0:
+        row["int8_error"] = "not quantized: no validation clips for calibration"
+        return
+    try:
+        q = quantize_submission(sub, store, calib, options)
+    except QuantizationError as exc:
+        row["int8_error"] = f"not quantizable: {exc}"
+        return
+    logits = align_classes(predict_clips(q, store, clips, options.batch_size, progress, "int8", cache), q.class_order,
+                           manifest.classes, q.name)
+    check_logits(logits, clips, q.name)
+    result.int8_scores = score_predictions(clips["label"].to_numpy(), logits, clips["device"].to_numpy(),
+                                           manifest.classes, manifest.roles(), n_boot=100, seed=options.seed)
+    row["int8_macro_acc"] = result.int8_scores.macro_accuracy
+    row["int8_size_bytes"] = max(int8_size_bytes(m) for m in (q.general, *q.device_models.values()))
+    result.extra["int8_submission"] = q
+
+
+def _measure_energy(sub, store, clips, options, result) -> None:
+    subset = clips.iloc[: options.energy_clips]
+    waves = torch.from_numpy(store.waveforms(subset["row"].to_numpy()))
+    devices = subset["device"].tolist()
+
+    def workload() -> None:
+        for i in range(0, len(waves), options.batch_size):
+            sub.predict(waves[i:i + options.batch_size], devices[i:i + options.batch_size])
+
+    energy = measure_energy(workload, len(waves))
+    result.row["energy_j_per_clip"] = energy.joules_per_clip
+    result.row["energy_method"] = energy.method
+    result.extra["energy"] = energy

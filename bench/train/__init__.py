@@ -1,0 +1,1 @@
+"""Training: the Lightning task every stage trains through, stage caching/resume, and the run orchestration."""

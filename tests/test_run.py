@@ -1,0 +1,250 @@
+"""`bench run`: the plugin interface, stage caching and resume, the baseline on the smoke profile, DDP, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import pandas as pd
+
+from bench.cli import app
+from bench.run import run_system
+from bench.score.leaderboard import read_board
+from bench.submission import load_submission
+from bench.system import SystemError_, load_system
+from bench.train.stages import Interrupted, StageError
+
+runner = CliRunner()
+
+TINY_SYSTEM = '''
+"""A system written outside the harness: its own network class, one training stage."""
+import os
+import torch
+from torch import nn
+from bench.models.base import ASCModel
+from bench.models.frontends import TorchaudioLogMel
+from bench.submission import ModelSubmission
+from bench.train.task import ClassifierTask, OptimConfig
+
+
+class TinyNet(nn.Module):
+    def __init__(self, n_classes=10):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.fc = nn.Linear(8, n_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+class Tripwire(ClassifierTask):
+    """Raises Ctrl-C at a chosen step (tests resume) or poisons the loss (tests NaN handling)."""
+
+    def on_train_epoch_start(self):
+        with open(os.environ["TINY_LOG"], "a") as f:
+            f.write(f"epoch {self.current_epoch}\\n")
+
+    def training_step(self, batch, i):
+        if self.global_step == int(os.environ.get("TINY_INTERRUPT_AT", -1)):
+            raise KeyboardInterrupt
+        return super().training_step(batch, i)
+
+
+def nan_loss(logits, batch):
+    return torch.nn.functional.cross_entropy(logits, batch["label"]) * float("nan")
+
+
+def make(n_classes):
+    torch.manual_seed(0)
+    return ASCModel(TorchaudioLogMel(n_mels=32, n_fft=512, win_length=512, hop_length=1000), TinyNet(n_classes))
+
+
+def train(ctx):
+    if ctx.config.get("explode"):
+        raise RuntimeError("exploded on purpose")
+    model = make(len(ctx.classes))
+    optim = OptimConfig.from_dict(ctx.config)
+    task = Tripwire(model, optim, loss=nan_loss) if ctx.config.get("nan") else Tripwire(model, optim)
+    ctx.fit(task, ctx.clips("fit"), ctx.clips("val"))
+    return {"model": model.state_dict()}
+
+
+def submission(ctx):
+    model = make(len(ctx.classes))
+    model.load_state_dict(ctx.previous["train"]["model"])
+    return ModelSubmission("tiny", model.frontend, model.net, ctx.classes)
+'''
+
+TINY_TOML = '''
+[system]
+name = "tiny"
+description = "A tiny external system"
+citation = "none"
+stages = ["train"]
+
+[profiles.smoke.train]
+epochs = 3
+batch_size = 16
+lr = 0.01
+
+[variants.explode.train]
+explode = true
+
+[variants.nan.train]
+nan = true
+'''
+
+
+@pytest.fixture
+def tiny_system(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "system.toml").write_text(TINY_TOML)
+    (folder / "system.py").write_text(TINY_SYSTEM)
+    monkeypatch.setenv("TINY_LOG", str(tmp_path / "epochs.log"))
+    return folder
+
+
+@pytest.fixture
+def fresh_home(tmp_path, monkeypatch, smoke_dataset) -> Path:
+    """A data home of its own (nothing cached), still pointing at the session's smoke dataset."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("ASCBENCH_HOME", str(home))
+    return home
+
+
+def run_tiny(system, smoke_dataset, board, **kw):
+    return run_system(system, str(smoke_dataset), "smoke", board=board, progress=False, **kw)
+
+
+# --- the baseline, end to end ------------------------------------------------------------------------------------
+
+def test_baseline_smoke_run_then_cached_rerun(tmp_path, smoke_dataset):
+    board = tmp_path / "board.parquet"
+    args = ["run", "systems/baseline", "--profile", "smoke", "--board", str(board), "--no-progress"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    rows = read_board(board)
+    assert rows["submission"].tolist() == ["baseline", "baseline-general"]
+    row = rows.iloc[0]
+    assert row["max_macs"] == 29_419_156 and row["params"] == 61_148
+    assert row["max_param_bytes"] == 122_296 and row["deploy_dtype"] == "float16" and row["compliant"]
+    assert row["int8_size_bytes"] > 0 and 0 <= row["int8_macro_acc"] <= 1
+    assert row["dataset"] == "synth-smoke" and row["train_split"] == "split25" and row["config_hash"]
+    assert set(json.loads(row["acc_per_device"])) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"}
+    per_device = json.loads(row["complexity_per_device"])
+    assert set(per_device) >= {"a", "s1", "s10"}
+
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert second.output.count("cached") == 2
+    again = read_board(board)
+    assert len(again) == 4
+    assert again.iloc[2]["macro_acc"] == row["macro_acc"]
+
+    sub = load_submission(Path(os.environ["ASCBENCH_HOME"]) / "runs" / "baseline" / "smoke-seed0" / "submission")
+    assert set(sub.device_models) == {"a", "b", "c", "s1", "s2", "s3"}
+    assert sub.get_model_for_device("s5") is sub.general and sub.get_model_for_device("unknown") is sub.general
+
+
+def test_same_seed_same_weights_and_metrics(tiny_system, smoke_dataset, tmp_path, monkeypatch):
+    results = []
+    for i in range(2):
+        monkeypatch.setenv("ASCBENCH_HOME", str(tmp_path / f"home{i}"))
+        results.append(run_tiny(tiny_system, smoke_dataset, None))
+    assert not any(s["reused"] for r in results for s in r.stages)
+    assert results[0].rows[0]["macro_acc"] == results[1].rows[0]["macro_acc"]
+    assert results[0].rows[0]["log_loss"] == results[1].rows[0]["log_loss"]
+
+
+def test_external_system_folder_is_trained_and_scored(tiny_system, smoke_dataset, tmp_path):
+    board = tmp_path / "b.parquet"
+    result = run_tiny(tiny_system, smoke_dataset, board)
+    row = read_board(board).iloc[0]
+    assert row["system"] == "tiny" and row["status"] == "ok" and row["compliant"]
+    assert row["max_macs"] > 0 and row["int8_size_bytes"] > 0
+    assert (result.run_dir / "config.json").exists()
+    logs = list((Path(os.environ["ASCBENCH_HOME"]) / "cache" / "stages" / "tiny").glob("train-*/fit/logs/version_0/metrics.csv"))
+    assert logs and "train_loss" in logs[0].read_text()
+    result = runner.invoke(app, ["systems", "--root", str(tiny_system.parent)])
+    assert result.exit_code == 0 and "tiny" in result.output
+
+
+def test_interrupted_stage_resumes_from_its_checkpoint(tiny_system, smoke_dataset, fresh_home, monkeypatch):
+    monkeypatch.setenv("TINY_INTERRUPT_AT", "5")  # 4 steps per epoch: interrupted in the second epoch
+    with pytest.raises(Interrupted, match="run the same command again"):
+        run_tiny(tiny_system, smoke_dataset, None)
+    monkeypatch.delenv("TINY_INTERRUPT_AT")
+    result = run_tiny(tiny_system, smoke_dataset, None)
+    assert result.rows[0]["status"] == "ok"
+    epochs = Path(os.environ["TINY_LOG"]).read_text().split()
+    assert epochs == ["epoch", "0", "epoch", "1", "epoch", "1", "epoch", "2"]  # epoch 1 redone, epoch 0 not
+
+
+def test_checkpoint_from_another_config_restarts_cleanly(tiny_system, smoke_dataset, fresh_home, monkeypatch):
+    monkeypatch.setenv("TINY_INTERRUPT_AT", "5")
+    with pytest.raises(Interrupted):
+        run_tiny(tiny_system, smoke_dataset, None)
+    monkeypatch.delenv("TINY_INTERRUPT_AT")
+    key_file = next((fresh_home / "cache" / "stages" / "tiny").glob("train-*/fit/key.json"))
+    key_file.write_text(json.dumps({"stage_key": "something else"}))
+    result = run_tiny(tiny_system, smoke_dataset, None)
+    assert result.rows[0]["status"] == "ok"
+    assert Path(os.environ["TINY_LOG"]).read_text().split()[-6:] == ["epoch", "0", "epoch", "1", "epoch", "2"]
+
+
+def test_ddp_two_processes_on_cpu_learns(tiny_system, smoke_dataset, fresh_home, tmp_path):
+    """`bench run --devices 2` in a real process (pytest's captured stdio cannot be handed to spawned workers)."""
+    board = tmp_path / "b.parquet"
+    cmd = [sys.executable, "-c", "from bench.cli import main; main()", "run", str(tiny_system), "--data",
+           str(smoke_dataset), "--profile", "smoke", "--devices", "2", "--board", str(board), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ddp_spawn" in proc.stderr or "distributed" in (proc.stdout + proc.stderr).lower()
+    metrics = json.loads(next((fresh_home / "cache" / "stages" / "tiny").glob("train-*/fit/metrics.json")).read_text())
+    log = pd.read_csv(next((fresh_home / "cache" / "stages" / "tiny").glob("train-*/fit/logs/version_0/metrics.csv")))
+    losses = log["train_loss_epoch"].dropna().tolist()
+    assert len(losses) == 3 and losses[-1] < losses[0]  # it learns
+    assert read_board(board).iloc[0]["status"] == "ok" and metrics["wall_s"] > 0
+
+
+# --- bad input -----------------------------------------------------------------------------------------------------
+
+def test_system_folder_errors(tmp_path, tiny_system):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemError_, match="no system.toml"):
+        load_system(tmp_path / "empty")
+    toml = tiny_system / "system.toml"
+    toml.write_text(TINY_TOML.replace('citation = "none"', 'citation = "none"\ncolour = "red"'))
+    with pytest.raises(SystemError_, match="unknown key system.colour"):
+        load_system(tiny_system)
+    toml.write_text(TINY_TOML.replace('stages = ["train"]', 'stages = "train"'))
+    with pytest.raises(SystemError_, match="system.stages must be a list"):
+        load_system(tiny_system)
+    toml.write_text(TINY_TOML.replace('stages = ["train"]', 'stages = ["train", "distill"]'))
+    with pytest.raises(SystemError_, match=r"missing function\(s\) \['distill'\]"):
+        load_system(tiny_system).module
+    toml.write_text(TINY_TOML)
+    (tiny_system / "system.py").write_text("import not_a_module_anywhere\n")
+    with pytest.raises(SystemError_, match="failed to import.*not_a_module_anywhere"):
+        load_system(tiny_system).module
+    result = runner.invoke(app, ["run", str(tmp_path / "empty"), "--profile", "smoke"])
+    assert result.exit_code == 1 and "no system.toml" in result.output
+
+
+def test_stage_that_raises_and_nan_loss(tiny_system, smoke_dataset, fresh_home, tmp_path):
+    board = tmp_path / "b.parquet"
+    with pytest.raises(StageError, match="stage 'train' raised RuntimeError: exploded on purpose"):
+        run_tiny(tiny_system, smoke_dataset, board, variant="explode")
+    with pytest.raises(StageError, match="loss became nan"):
+        run_tiny(tiny_system, smoke_dataset, board, variant="nan")
+    assert not board.exists()
+    result = run_tiny(tiny_system, smoke_dataset, board)  # a later good run is unaffected
+    assert len(read_board(board)) == 1 and result.rows[0]["status"] == "ok"
