@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,8 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     for stage in spec.stages:
         artifacts, reused, wall = run_stage(env, stage, previous)
         previous[stage] = artifacts
+        if reused:
+            env.reused_stages.add(stage)
         train_wall += 0.0 if reused else wall
         result.stages.append({"stage": stage, "reused": reused, "wall_s": wall})
         console.print(f"  stage [bold]{stage}[/]: " + (f"[green]cached[/] (trained earlier in {wall:.0f} s)"
@@ -88,7 +90,9 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     cache = InputCache()
     for key, (sub, kind) in submissions.items():
         start = time.perf_counter()
-        scored = score_submission(sub, store, manifest, manifest.test_split, val, options, cache=cache)
+        # teachers show the ceiling: accuracy and complexity only (they are not deployed, so no INT8 or energy)
+        opts = replace(options, int8=False, energy=False) if kind == "teacher" else options
+        scored = score_submission(sub, store, manifest, manifest.test_split, val, opts, cache=cache)
         result.results[key] = scored
         row_variant = "/".join(x for x in (variant, key) if x) or None
         row = make_row(submission=sub.name, system=spec.name, variant=row_variant, kind=kind, status="ok", seed=seed,

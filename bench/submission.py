@@ -16,6 +16,7 @@ from torch import nn
 
 from bench.models import create_model
 from bench.models.base import SAMPLE_RATE, ASCModel
+from bench.score.quantize import rebuild_qat
 
 # The device ids the official complexity check (test_complexity.py) walks through.
 OFFICIAL_DEVICES = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10")
@@ -89,8 +90,9 @@ class ModelSubmission(Submission):
     def __init__(self, name: str, frontend: nn.Module, general: nn.Module, class_order: Sequence[str],
                  device_models: dict[str, nn.Module] | None = None, dtype: torch.dtype = torch.float32,
                  float_models: dict[str, nn.Module] | None = None, arch: str | None = None,
-                 arch_config: dict | None = None):
+                 arch_config: dict | None = None, qat_states: dict[str, dict] | None = None):
         self.name = name
+        self.qat_states = qat_states or {}  # for INT8 from QAT: the prepared states the INT8 models rebuild from
         self.arch, self.arch_config = arch, dict(arch_config or {})  # registry name, to save and rebuild
         self.frontend = frontend.eval()
         self.general = general.eval()
@@ -130,6 +132,17 @@ class ModelSubmission(Submission):
                                self.arch, self.arch_config)
 
     @classmethod
+    def from_qat(cls, name: str, float_model: ASCModel, prepared_state: dict, class_order: Sequence[str]
+                 ) -> "ModelSubmission":
+        """INT8 deployment of a QAT-fine-tuned registry model (general model only); the float architecture is what
+        the official check counts, at 1 byte per parameter."""
+        example = torch.zeros(float_model.input_shape())
+        int8 = rebuild_qat(float_model.net, example, prepared_state)
+        return cls(name, float_model.frontend, int8, class_order, dtype=torch.int8,
+                   float_models={GENERAL: float_model.net}, arch=float_model.arch_name,
+                   arch_config=float_model.arch_config, qat_states={GENERAL: prepared_state})
+
+    @classmethod
     def from_models(cls, name: str, general: ASCModel, class_order: Sequence[str],
                     device_models: dict[str, ASCModel] | None = None,
                     dtype: torch.dtype = torch.float32) -> "ModelSubmission":
@@ -148,10 +161,13 @@ def save_submission(sub: ModelSubmission, path: Path, extra: dict | None = None)
     path.mkdir(parents=True, exist_ok=True)
     dtype_name = next(k for k, v in DTYPES.items() if v == sub.dtype)
     info = {"format": 1, "name": sub.name, "class_order": sub.class_order, "arch": sub.arch,
-            "arch_config": sub.arch_config,
-            "deploy_dtype": dtype_name, "devices": sorted(sub.device_models), **(extra or {})}
-    states = {GENERAL: {k: v.float() for k, v in sub.general.state_dict().items()}}
-    states.update({d: {k: v.float() for k, v in m.state_dict().items()} for d, m in sub.device_models.items()})
+            "arch_config": sub.arch_config, "deploy_dtype": dtype_name, "devices": sorted(sub.device_models),
+            "quantization": "qat-fx-x86" if sub.qat_states else None, **(extra or {})}
+    if sub.qat_states:
+        states = sub.qat_states
+    else:
+        states = {GENERAL: {k: v.float() for k, v in sub.general.state_dict().items()}}
+        states.update({d: {k: v.float() for k, v in m.state_dict().items()} for d, m in sub.device_models.items()})
     torch.save(states, path / "models.pt")
     (path / "submission.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return path
@@ -165,6 +181,9 @@ def load_submission(path: str | Path) -> ModelSubmission:
         raise SubmissionError(f"{path}: no submission.json; pass a folder written by `bench run` (…/submission)")
     info = json.loads(info_path.read_text())
     states = torch.load(path / "models.pt", map_location="cpu", weights_only=True)
+    if info.get("quantization") == "qat-fx-x86":
+        model = create_model(info["arch"], **info["arch_config"])
+        return ModelSubmission.from_qat(info["name"], model.eval(), states[GENERAL], info["class_order"])
     models = {}
     frontend = None
     for key, state in states.items():

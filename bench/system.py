@@ -55,17 +55,19 @@ class SystemSpec:
         return hashlib.sha256(self.module_file.read_bytes()).hexdigest()
 
     def resolve(self, profile: str, variant: str | None = None) -> dict[str, Any]:
-        """Configuration for ``profile`` (and ``variant``): defaults <- profile <- variant, merged per key."""
+        """Configuration for ``profile`` (and ``variant``): defaults <- profile <- variant, merged per key.
+        Variants combine with ``+`` (``sm4+no_kd``), applied left to right."""
         if profile not in self.profiles:
             raise SystemError_(f"{self.path / 'system.toml'}: no profile {profile!r} (has: "
                                f"{', '.join(self.profiles)})")
-        variant = variant or self.default_variant
-        if variant and variant not in self.variants:
-            raise SystemError_(f"{self.path / 'system.toml'}: no variant {variant!r} (has: "
-                               f"{', '.join(sorted(self.variants)) or 'none'})")
         cfg = _merge(self.defaults, self.profiles[profile])
-        if variant:
-            cfg = _merge(cfg, self.variants[variant])
+        for name in (variant or self.default_variant or "").split("+"):
+            if not name:
+                continue
+            if name not in self.variants:
+                raise SystemError_(f"{self.path / 'system.toml'}: no variant {name!r} (has: "
+                                   f"{', '.join(sorted(self.variants)) or 'none'})")
+            cfg = _merge(cfg, self.variants[name])
         return cfg
 
     def stage_config(self, resolved: dict[str, Any], stage: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class Manifest:
     classes: tuple[str, ...] = ()
     devices: dict[str, str] = field(default_factory=dict)  # device id -> role
     training_devices: tuple[str, ...] = ()
+    reference_device: str = "a"  # the high-quality recorder (DIR augments only its clips)
     meta_file: str | None = None
     meta_rows: int | None = None
     splits: dict[str, SplitSpec] = field(default_factory=dict)
@@ -59,7 +60,7 @@ class Manifest:
         return set(self.devices)
 
 
-_KEYS = {"name", "layout", "title", "classes", "devices", "training_devices", "meta", "splits", "train_split",
+_KEYS = {"name", "layout", "title", "classes", "devices", "training_devices", "reference_device", "meta", "splits", "train_split",
          "test_split", "audio", "generator", "irs", "notes"}
 
 
@@ -87,7 +88,8 @@ def parse_manifest(data: dict[str, Any], path: Path | None = None) -> Manifest:
     return Manifest(
         name=data["name"], layout=data["layout"], title=data.get("title", ""),
         classes=tuple(data.get("classes", ())), devices=dict(data.get("devices", {})),
-        training_devices=tuple(data.get("training_devices", ())), meta_file=meta.get("file"),
+        training_devices=tuple(data.get("training_devices", ())),
+        reference_device=data.get("reference_device", "a"), meta_file=meta.get("file"),
         meta_rows=meta.get("rows"), splits=splits, train_split=data.get("train_split"),
         test_split=data.get("test_split"), audio=dict(data.get("audio", {})),
         generator=dict(data.get("generator", {})), irs=dict(data.get("irs", {})), notes=data.get("notes", ""),

@@ -37,7 +37,7 @@ from bench.score.complexity import ComplexityReport, SubmissionComplexity, resol
 from bench.score.energy import analytic_energy
 from bench.score.leaderboard import DEPLOY_DTYPES, ENERGY_METHODS
 from bench.score.metrics import Scores, score_predictions
-from bench.score.scorer import ScoreOptions, align_classes, check_logits, metric_columns
+from bench.score.scorer import ScoreOptions, align_classes, check_logits, complexity_columns, metric_columns
 from bench.submission import SubmissionError
 
 Progress = Callable[[str, int, int], None]
@@ -290,25 +290,6 @@ def _evaluate(spec: PackageSpec, data: PackageData, run: ChildRun, work: Path, o
 def _scores(data: PackageData, logits: np.ndarray, n_boot: int, seed: int) -> Scores:
     return score_predictions(data.test["label"].to_numpy(), logits, data.test["device"].astype(str).to_numpy(),
                              data.manifest.classes, data.manifest.roles(), n_boot=n_boot, seed=seed)
-
-
-def complexity_columns(complexity: SubmissionComplexity) -> dict:
-    """Leaderboard complexity columns from the official per-device counts: the block ``score_submission`` fills
-    inline (the scorer can call this instead)."""
-    per_device = complexity.per_device.values()
-    return {
-        "max_macs": complexity.max_macs, "max_param_bytes": complexity.max_param_bytes,
-        "params": max(r.params for r in per_device),
-        "thop_macs": max((r.thop_macs or 0) for r in per_device) or None,
-        "dispatcher_macs": max(r.dispatcher_macs for r in per_device),
-        "complexity_per_device": {d: {"macs": r.macs, "param_bytes": r.param_bytes, "params": r.params,
-                                      "dtype": r.dtype, "input_shape": list(r.input_shape), "status": r.status}
-                                  for d, r in complexity.per_device.items()},
-        "compliant": complexity.compliant,
-        "compliance_reasons": "; ".join(sorted({f"{d}: {x}" for d, r in complexity.per_device.items()
-                                                for x in r.reasons})) or None,
-        "counters": {**complexity.per_device["a"].counters, "counter": "torchinfo total_mult_adds, fp32 copy, batch 1"},
-    }
 
 
 def _dtype_columns(complexity: SubmissionComplexity) -> dict:

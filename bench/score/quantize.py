@@ -116,6 +116,17 @@ def convert_qat(prepared: nn.Module) -> nn.Module:
     return _convert(prepared)
 
 
+def rebuild_qat(net: nn.Module, example_input: torch.Tensor, prepared_state: dict) -> nn.Module:
+    """The INT8 model from a float network of the same architecture and a stored ``prepare_qat`` state dict
+    (converted models do not round-trip through ``state_dict``; prepared ones do)."""
+    prepared = prepare_qat(net, example_input)
+    try:
+        prepared.load_state_dict(prepared_state)
+    except RuntimeError as err:
+        raise QuantizationError(f"stored QAT state does not fit the network: {err}") from err
+    return convert_qat(prepared)
+
+
 @dataclass(frozen=True)
 class Int8Size:
     """Bytes of a converted model by kind; see the module docstring for exactly what is counted."""

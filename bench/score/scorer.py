@@ -174,22 +174,11 @@ def score_submission(sub: Submission, store: Store, manifest: Manifest, split: s
     scores = score_predictions(clips["label"].to_numpy(), logits, clips["device"].to_numpy(), manifest.classes,
                                roles, n_boot=options.n_boot, seed=options.seed)
     complexity = official_complexity(sub)
-    general = complexity.per_device["a"]
     row = {
         "dataset": manifest.name, "dataset_fingerprint": store.fingerprint, "split": split,
         **metric_columns(scores),
         "deploy_dtype": dtype_name(sub.deploy_dtype("a")),
-        "max_macs": complexity.max_macs, "max_param_bytes": complexity.max_param_bytes,
-        "params": max(r.params for r in complexity.per_device.values()),
-        "thop_macs": max((r.thop_macs or 0) for r in complexity.per_device.values()) or None,
-        "dispatcher_macs": max(r.dispatcher_macs for r in complexity.per_device.values()),
-        "complexity_per_device": {d: {"macs": r.macs, "param_bytes": r.param_bytes, "params": r.params,
-                                      "dtype": r.dtype, "input_shape": list(r.input_shape),
-                                      "status": r.status} for d, r in complexity.per_device.items()},
-        "compliant": complexity.compliant,
-        "compliance_reasons": "; ".join(sorted({f"{d}: {x}" for d, r in complexity.per_device.items()
-                                                for x in r.reasons})) or None,
-        "counters": {**general.counters, "counter": "torchinfo total_mult_adds, fp32 copy, batch 1"},
+        **complexity_columns(complexity),
         "batch_size": options.batch_size, "clips_per_s": len(clips) / max(predict_s, 1e-9),
     }
     ana = analytic_energy(complexity.max_macs, complexity.max_param_bytes, sub.deploy_dtype("a"))
@@ -203,6 +192,35 @@ def score_submission(sub: Submission, store: Store, manifest: Manifest, split: s
     return result
 
 
+def complexity_columns(complexity: SubmissionComplexity) -> dict:
+    """Leaderboard complexity columns from the official per-device counts."""
+    per_device = complexity.per_device.values()
+    return {
+        "max_macs": complexity.max_macs, "max_param_bytes": complexity.max_param_bytes,
+        "params": max(r.params for r in per_device),
+        "thop_macs": max((r.thop_macs or 0) for r in per_device) or None,
+        "dispatcher_macs": max(r.dispatcher_macs for r in per_device),
+        "complexity_per_device": {d: {"macs": r.macs, "param_bytes": r.param_bytes, "params": r.params,
+                                      "dtype": r.dtype, "input_shape": list(r.input_shape), "status": r.status}
+                                  for d, r in complexity.per_device.items()},
+        "compliant": complexity.compliant,
+        "compliance_reasons": compliance_reasons(complexity),
+        "counters": {**complexity.per_device["a"].counters,
+                     "counter": "torchinfo total_mult_adds, fp32 copy, batch 1"},
+    }
+
+
+def compliance_reasons(complexity: SubmissionComplexity) -> str | None:
+    """Each violation once, with the devices it concerns ("all devices" when every device model has it)."""
+    by_reason: dict[str, list[str]] = {}
+    for dev, report in complexity.per_device.items():
+        for reason in report.reasons:
+            by_reason.setdefault(reason, []).append(dev)
+    parts = [f"{reason} ({'all devices' if len(devs) == len(complexity.per_device) else ', '.join(devs)})"
+             for reason, devs in by_reason.items()]
+    return "; ".join(parts) or None
+
+
 def metric_columns(scores: Scores) -> dict:
     g = scores.group_accuracy
     return {"macro_acc": scores.macro_accuracy, "macro_acc_ci_low": scores.macro_accuracy_ci[0],
@@ -214,8 +232,10 @@ def metric_columns(scores: Scores) -> dict:
 
 def _score_int8(sub, store, manifest, clips, calib, options, result, progress, cache) -> None:
     row = result.row
-    if sub.deploy_dtype("a") == torch.int8:
+    if sub.deploy_dtype("a") == torch.int8:  # deployed as INT8 already: its own accuracy and artefact size
         row["int8_macro_acc"] = row["macro_acc"]
+        if isinstance(sub, ModelSubmission):
+            row["int8_size_bytes"] = max(int8_size_bytes(m) for m in (sub.general, *sub.device_models.values()))
         return
     if not isinstance(sub, ModelSubmission):
         row["int8_error"] = "not quantized: the submission does not expose its float models"

@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import CSVLogger
 from rich.console import Console
 
 from bench import __version__
+from bench.data.irs import load_irs
 from bench.data.loaders import ClipDataset, make_loader
 from bench.data.manifest import Manifest
 from bench.data.store import Store
@@ -61,6 +62,8 @@ class RunEnv:
     devices: int = 1
     progress: bool = True
     console: Console = field(default_factory=Console)
+    reused_stages: set[str] = field(default_factory=set)
+    ir_cache: dict[Any, list[torch.Tensor]] = field(default_factory=dict)
 
     @property
     def device_list(self) -> list[str]:
@@ -105,16 +108,35 @@ class StageContext:
     def device_index(self, device: str) -> int:
         return self.env.device_list.index(device)
 
+    def impulse_responses(self) -> list[torch.Tensor]:
+        """Device impulse responses for DIR: ``irs_dir`` from the config, else the dataset's own IR folder."""
+        folder = self.config.get("irs_dir")
+        if folder is None:
+            sub = self.manifest.irs.get("folder")
+            if sub is None:
+                raise StageError(f"{self.env.spec.name}/{self.stage}: DIR needs impulse responses; set irs_dir = "
+                                 "'/path/to/MicIRP' in the profile (the dataset ships none)")
+            folder = Path(self.env.store.info["source"]) / sub
+        if folder not in self.env.ir_cache:
+            self.env.ir_cache[folder] = load_irs(folder)
+        return self.env.ir_cache[folder]
+
     # -- models -----------------------------------------------------------------------------------------------------
-    def create_model(self, name: str | None = None, **overrides) -> ASCModel:
-        torch.manual_seed(self.seed)
-        return create_model(name or self.config["model"], n_classes=len(self.classes), **overrides)
+    def create_model(self, name: str | None = None, seed: int | None = None, **overrides) -> ASCModel:
+        """A registry model (``model`` in the config), with ``model_options`` from the config and ``overrides``."""
+        torch.manual_seed(self.seed if seed is None else seed)
+        options = {**self.config.get("model_options", {}), **overrides}
+        return create_model(name or self.config["model"], n_classes=len(self.classes), **options)
 
     # -- training ---------------------------------------------------------------------------------------------------
     def fit(self, task: ClassifierTask, train: pd.DataFrame, val: pd.DataFrame | None = None, name: str = "fit",
-            extras: Callable[[pd.DataFrame], dict[str, Any]] | None = None) -> ClassifierTask:
-        """Train ``task`` on ``train`` clips with Lightning; reuse a finished fit, resume an interrupted one."""
-        run_dir = self.workdir / name
+            extras: Callable[[pd.DataFrame], dict[str, Any]] | None = None, run_dir: Path | None = None,
+            seed: int | None = None) -> ClassifierTask:
+        """Train ``task`` on ``train`` clips with Lightning; reuse a finished fit, resume an interrupted one.
+
+        ``run_dir`` defaults to ``<stage dir>/<name>`` (a shared cache such as the teachers' may pass its own)."""
+        run_dir = run_dir or self.workdir / name
+        seed = self.seed if seed is None else seed
         done = run_dir / "weights.pt"
         if done.exists():
             task.model.load_state_dict(torch.load(done, map_location="cpu", weights_only=True))
@@ -123,7 +145,7 @@ class StageContext:
         ckpt_dir = run_dir / "checkpoints"
         last = ckpt_dir / "last.ckpt"
         key_file = run_dir / "key.json"
-        key = {"stage_key": self.workdir.name, "fit": name, "n_train": len(train)}
+        key = {"stage_key": run_dir.parent.name, "fit": name, "n_train": len(train), "seed": seed}
         if last.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != key):
             self.env.console.print(f"  [yellow]{run_dir}: checkpoint belongs to another configuration; starting "
                                    "this fit from scratch[/]")
@@ -131,7 +153,7 @@ class StageContext:
         run_dir.mkdir(parents=True, exist_ok=True)
         key_file.write_text(json.dumps(key))
         opt = task.optim
-        L.seed_everything(self.seed, workers=True, verbose=False)
+        L.seed_everything(seed, workers=True, verbose=False)
         train_loader = self.loader(train, opt.batch_size, True, extras(train) if extras else None)
         val_loader = self.loader(val, max(opt.batch_size, 64), False, extras(val) if extras else None) \
             if val is not None and len(val) and opt.val_every > 0 else None

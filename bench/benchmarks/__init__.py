@@ -1,0 +1,1 @@
+"""Speed benchmarks (run as ``python -m bench.benchmarks.<name>``); never part of the unit tests."""

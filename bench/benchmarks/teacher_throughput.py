@@ -1,0 +1,56 @@
+"""Teacher training throughput on this machine (clips/s through front-end, forward, backward, optimiser step).
+
+``python -m bench.benchmarks.teacher_throughput [--models passt_tiny cpresnet_128k ...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from bench.models import create_model
+
+DEFAULT_MODELS = ("passt_tiny", "passt_small", "cpresnet_half", "cpresnet_128k", "cpmobile_baseline",
+                  "dsflexinet_sm2")
+
+
+def train_rate(name: str, batch_size: int, steps: int) -> tuple[float, float]:
+    """(training clips/s, inference clips/s) on random 1-s waveforms; the median step after one warm-up step."""
+    torch.manual_seed(0)
+    model = create_model(name)
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    wave = 0.05 * torch.randn(batch_size, 32_000)
+    label = torch.randint(0, 10, (batch_size,))
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(wave), label)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    model.eval()
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model(wave)
+        infer = time.perf_counter() - start
+    return batch_size / sorted(times[1:])[len(times[1:]) // 2], batch_size / infer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    print(f"batch {args.batch_size}, {torch.get_num_threads()} threads")
+    for name in args.models:
+        train, infer = train_rate(name, args.batch_size, args.steps)
+        params = sum(p.numel() for p in create_model(name).net.parameters())
+        print(f"{name:20s} {params:>11,} params  train {train:7.1f} clips/s  inference {infer:7.1f} clips/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""DS-FlexiNet end to end on the smoke profile: teachers (shared cache), fused KD, QAT to INT8, leaderboard rows."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from bench.paths import SYSTEMS_DIR, data_home
+from bench.run import run_system
+from bench.score.leaderboard import read_board
+
+
+def test_dsflexinet_smoke_end_to_end_and_teacher_cache_shared(tmp_path, smoke_dataset):
+    board = tmp_path / "board.parquet"
+    first = run_system("systems/dsflexinet", str(smoke_dataset), "smoke", board=board, progress=False)
+    rows = read_board(board).set_index("submission")
+    main, fp32 = rows.loc["dsflexinet-sm1"], rows.loc["dsflexinet-sm1-float"]
+    assert main["deploy_dtype"] == "int8" and main["compliant"]
+    assert main["max_param_bytes"] == main["params"]             # official count: 1 byte per parameter
+    assert 0 < main["int8_size_bytes"] < fp32["max_param_bytes"]  # the INT8 artefact is smaller than fp32
+    assert main["int8_macro_acc"] == main["macro_acc"] and main["macro_acc"] is not None
+    assert main["max_macs"] == fp32["max_macs"] < 30_000_000
+    teachers = rows[rows["kind"] == "teacher"]
+    assert len(teachers) == 2 and teachers["is_teacher"].all() and not teachers["compliant"].any()
+    assert first.results[""].extra.get("energy") is not None
+
+    # A second system asking for the same teachers trains none of them.
+    teacher_cache = data_home() / "cache" / "teachers"
+    before = {p: p.stat().st_mtime_ns for p in teacher_cache.glob("*/logits.pt")}
+    assert len(before) == 2
+    other = tmp_path / "dsf-copy"
+    shutil.copytree(SYSTEMS_DIR / "dsflexinet", other)
+    toml = other / "system.toml"
+    toml.write_text(toml.read_text().replace('name = "dsflexinet"', 'name = "dsflexinet-copy"'))
+    second = run_system(other, str(smoke_dataset), "smoke", board=board, progress=False, variant="no_kd")
+    assert not second.stages[0]["reused"]                     # a new system: its teacher stage runs ...
+    assert all(r["kind"] != "teacher" for r in second.rows)  # ... but trains (and re-scores) no teacher
+    assert {p: p.stat().st_mtime_ns for p in teacher_cache.glob("*/logits.pt")} == before
+    assert read_board(board).set_index("submission").loc["dsflexinet-sm1", "variant"].tolist()[-1] == "no_kd"
