@@ -1,9 +1,7 @@
 """Command-line interface: ``bench <command>``. Each command lives in its own module below."""
 
 from bench.cli.app import app
-from bench.cli import data, run  # noqa: F401  (registers commands)
-from bench.cli import leaderboard  # noqa: F401
-from bench.cli import score  # noqa: F401
+from bench.cli import check, data, leaderboard, run, score  # noqa: F401  (each registers its commands)
 
 
 def main() -> None:

@@ -1,0 +1,76 @@
+"""``bench check``: the complexity compliance gate for CI (exit 0 only if every device model complies)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bench.cli.app import app
+from bench.score.complexity import (MAX_MACS, MAX_PARAM_BYTES, ComplexityError, DeviceModel, SubmissionComplexity,
+                                    count_devices)
+from bench.score.scorer import official_complexity
+from bench.submission import SubmissionError, load_submission
+
+console = Console(soft_wrap=True)
+
+
+def _from_callable(target: str, input_shape: str, dtype: str) -> SubmissionComplexity:
+    module_name, _, attr = target.partition(":")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise SubmissionError(f"{target}: cannot import ({type(exc).__name__}: {exc})") from exc
+    model = factory()
+    shape = tuple(int(x) for x in input_shape.split(","))
+    return count_devices({"all": DeviceModel(model, shape, dtype)})
+
+
+def _load(target: str, input_shape: Optional[str], dtype: str) -> SubmissionComplexity:
+    path = Path(target)
+    if path.is_dir():
+        folder = path if (path / "submission.json").exists() else path / "submission"
+        return official_complexity(load_submission(folder))
+    if ":" in target:
+        if not input_shape:
+            raise SubmissionError(f"{target}: a module:callable target needs --input-shape, e.g. 1,1,256,65")
+        return _from_callable(target, input_shape, dtype)
+    raise SubmissionError(f"{target}: not a submission/run folder and not module:callable")
+
+
+@app.command("check")
+def check(target: str = typer.Argument(..., help="a trained submission or run folder, or module:callable "
+                                                 "returning an nn.Module"),
+          input_shape: Optional[str] = typer.Option(None, help="for module:callable: input shape, e.g. 1,1,256,65"),
+          dtype: str = typer.Option("float32", help="for module:callable: deployed parameter dtype"),
+          as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Count MACs and parameter bytes per device model exactly like the DCASE 2025 check; exit 1 on a violation."""
+    try:
+        result = _load(target, input_shape, dtype)
+    except (SubmissionError, ComplexityError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
+    if as_json:
+        out = {**result.official_json(), "compliant": result.compliant,
+               "limits": {"MACs": MAX_MACS, "Params": MAX_PARAM_BYTES},
+               "reasons": {d: r.reasons for d, r in result.per_device.items() if r.reasons}}
+        print(json.dumps(out, indent=2))
+    else:
+        table = Table(title=f"{target}: limits {MAX_MACS:,} MACs and {MAX_PARAM_BYTES:,} B per device model")
+        for col in ("device", "MACs", "param bytes", "dtype", "second opinions", "ok"):
+            table.add_column(col, justify="left" if col in ("device", "dtype") else "right")
+        for dev, r in result.per_device.items():
+            table.add_row(dev, f"{r.macs:,}", f"{r.param_bytes:,}", r.dtype,
+                          f"thop {r.thop_macs or 0:,} / dispatcher {r.dispatcher_macs:,}",
+                          "[green]✓[/]" if r.compliant else f"[red]✗[/] {'; '.join(r.reasons)}")
+        console.print(table)
+        console.print("[green]compliant[/]" if result.compliant else "[red]not compliant[/]")
+    if not result.compliant:
+        raise typer.Exit(1)
