@@ -27,6 +27,19 @@ def conv_bn(cin: int, cout: int, kernel: int, stride=1, groups: int = 1, relu: b
     return nn.Sequential(*layers)
 
 
+def classifier_head(cin: int, n_classes: int) -> nn.Sequential:
+    """1x1 conv to class scores, BN, global average pooling (the CP-Mobile head, reused by DS-FlexiNet)."""
+    return nn.Sequential(nn.Conv2d(cin, n_classes, 1, bias=False), nn.BatchNorm2d(n_classes),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def init_convs(module: nn.Module) -> None:
+    """Kaiming-normal (fan-out) initialisation of every convolution."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+
+
 class InvertedResidual(nn.Module):
     """1x1 expand -> 3x3 depthwise (strided) -> 1x1 project; identity or avg-pool shortcut when widths match;
     ReLU after the residual add."""
@@ -67,11 +80,8 @@ class CPMobileNet(nn.Module):
                 cin = width
             stages.append((f"s{s}", blocks))
         self.stages = nn.Sequential(OrderedDict(stages))
-        self.head = nn.Sequential(nn.Conv2d(cin, n_classes, 1, bias=False), nn.BatchNorm2d(n_classes),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        self.head = classifier_head(cin, n_classes)
+        init_convs(self)
 
     def forward(self, x):
         return self.head(self.stages(self.stem(x)))

@@ -15,7 +15,7 @@ from torch import nn
 
 from bench.models import register
 from bench.models.base import ASCModel
-from bench.models.cpmobile import conv_bn, make_divisible
+from bench.models.cpmobile import classifier_head, conv_bn, init_convs, make_divisible
 from bench.models.frontends import CpMel
 from bench.models.resnorm import ResidualNorm
 
@@ -74,11 +74,8 @@ class DSFlexiNet(nn.Module):
                 cin = width
             stages.append((f"s{s}", stage))
         self.stages = nn.Sequential(OrderedDict(stages))
-        self.head = nn.Sequential(nn.Conv2d(cin, n_classes, 1, bias=False), nn.BatchNorm2d(n_classes),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        self.head = classifier_head(cin, n_classes)
+        init_convs(self)
 
     def forward(self, x):
         return self.head(self.stages(self.stem(x)))

@@ -108,7 +108,7 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> tuple[torch.Tensor,
     val_acc = float((logits[val:].argmax(1) == labels[val:]).float().mean()) if len(train) > val else None
     torch.save(model.state_dict(), tdir / "weights.pt")
     tmp = logits_path.with_suffix(".tmp")
-    torch.save({"rows": torch.as_tensor(train["row"].to_numpy()), "logits": logits}, tmp)
+    torch.save({"rows": torch.tensor(train["row"].to_numpy()), "logits": logits}, tmp)
     os.replace(tmp, logits_path)
     (tdir / "info.json").write_text(json.dumps({"name": cfg["name"], "val_accuracy": val_acc,
                                                 "logits_bytes": logits.numel() * 4}, indent=2))
@@ -118,7 +118,7 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> tuple[torch.Tensor,
 def teacher_stage(ctx: StageContext) -> dict[str, Any]:
     """Stage body: every teacher of the stage's ``teachers`` list (tables with name, model, seed, epochs, optimiser
     and augmentation keys, optional model_options and a local checkpoint file)."""
-    out: dict[str, Any] = {"rows": torch.as_tensor(ctx.clips("train")["row"].to_numpy()), "logits": {},
+    out: dict[str, Any] = {"rows": torch.tensor(ctx.clips("train")["row"].to_numpy()), "logits": {},
                            "cached": {}}
     for cfg in teacher_configs(ctx, ctx.stage):
         logits, cached = train_teacher(ctx, cfg)
