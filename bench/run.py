@@ -17,9 +17,9 @@ from bench.data.splits import carve_validation
 from bench.paths import DEFAULT_BOARD, data_home
 from bench.score.leaderboard import append_rows, make_row
 from bench.score.scorer import InputCache, ScoreOptions, ScoreResult, score_submission
-from bench.submission import ModelSubmission, Submission, save_submission
+from bench.submission import ModelSubmission, Submission, SubmissionError, save_submission
 from bench.system import SystemSpec, config_hash, load_system
-from bench.train.stages import RunEnv, StageContext, run_stage
+from bench.train.stages import RunEnv, StageContext, StageError, run_stage
 
 VAL_FRACTION = 0.1
 
@@ -34,15 +34,16 @@ class RunResult:
 
 def run_system(system: str | Path, data: str | None = None, profile: str = "default", seed: int = 0,
                variant: str | None = None, board: Path | None = DEFAULT_BOARD, accelerator: str = "cpu",
-               devices: int = 1, train_split: str | None = None, progress: bool = True,
-               console: Console | None = None, score_options: ScoreOptions | None = None) -> RunResult:
+               devices: int = 1, train_split: str | None = None, progress: bool = True, num_nodes: int = 1,
+               console: Console | None = None, score_options: ScoreOptions | None = None,
+               splits_dir: str | None = None) -> RunResult:
     console = console or Console()
     spec = load_system(system)
     resolved = spec.resolve(profile, variant)
     variant = variant or spec.default_variant
     started = datetime.now(timezone.utc)
 
-    report = resolve(data, profile, progress=None)
+    report = resolve(data, profile, splits_dir=splits_dir)
     store = report.store
     manifest = load_manifest(store.info["manifest"])
     notes = []
@@ -52,7 +53,7 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     train = store.split(split)
     fit, val = carve_validation(train, float(resolved.get("val_fraction", VAL_FRACTION)), seed=0)
     env = RunEnv(spec, profile, variant, seed, resolved, store, manifest, split, fit, val,
-                 data_home() / "cache" / "stages", accelerator, devices, progress, console)
+                 data_home() / "cache" / "stages", accelerator, devices, num_nodes, progress, console)
     run_dir = data_home() / "runs" / spec.name / f"{profile}{'-' + variant if variant else ''}-seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     chash = config_hash({"resolved": resolved, "source": spec.source_hash()})
@@ -78,10 +79,13 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
                                                        if reused else f"trained in {wall:.1f} s"))
 
     ctx = StageContext(env, "", run_dir, previous)
-    submissions: dict[str, tuple[Submission, str]] = {"": (spec.module.submission(ctx), "system")}
-    extra = getattr(spec.module, "extra_submissions", None)
-    if extra:
-        submissions.update(extra(ctx))
+    try:
+        submissions: dict[str, tuple[Submission, str]] = {"": (spec.module.submission(ctx), "system")}
+        extra = getattr(spec.module, "extra_submissions", None)
+        if extra:
+            submissions.update(extra(ctx))
+    except Exception as exc:  # plugin code: report it, the trained stages stay cached
+        raise StageError(f"{spec.name}: building the submission raised {type(exc).__name__}: {exc}") from exc
     main = submissions[""][0]
     if isinstance(main, ModelSubmission) and main.arch:
         save_submission(main, run_dir / "submission", {"system": spec.name, "profile": profile, "seed": seed,
@@ -92,13 +96,18 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
         start = time.perf_counter()
         # teachers show the ceiling: accuracy and complexity only (they are not deployed, so no INT8 or energy)
         opts = replace(options, int8=False, energy=False) if kind == "teacher" else options
-        scored = score_submission(sub, store, manifest, manifest.test_split, val, opts, cache=cache)
+        identity = dict(submission=sub.name, system=spec.name, variant="/".join(x for x in (variant, key) if x) or None,
+                        kind=kind, seed=seed, profile=profile, dataset=manifest.name,
+                        dataset_fingerprint=store.fingerprint, train_split=split, config_hash=chash,
+                        notes="; ".join(notes) or None, started_at=started, wall_s_train=train_wall)
+        try:
+            scored = score_submission(sub, store, manifest, manifest.test_split, val, opts, cache=cache)
+        except SubmissionError as exc:  # a failed row, and the other submissions are still scored
+            result.rows.append(make_row(status="failed", error=str(exc), **identity))
+            console.print(f"  [red]failed[/] {sub.name}: {exc}")
+            continue
         result.results[key] = scored
-        row_variant = "/".join(x for x in (variant, key) if x) or None
-        row = make_row(submission=sub.name, system=spec.name, variant=row_variant, kind=kind, status="ok", seed=seed,
-                       profile=profile, train_split=split, config_hash=chash, notes="; ".join(notes) or None,
-                       started_at=started, wall_s_train=train_wall, **scored.row)
-        result.rows.append(row)
+        result.rows.append(make_row(status="ok", **{**identity, **scored.row}))
         console.print(f"  scored [bold]{sub.name}[/] in {time.perf_counter() - start:.1f} s")
     (run_dir / "scores.json").write_text(json.dumps(result.rows, indent=2, default=str))
     if board is not None:

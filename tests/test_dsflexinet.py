@@ -37,3 +37,53 @@ def test_dsflexinet_smoke_end_to_end_and_teacher_cache_shared(tmp_path, smoke_da
     assert all(r["kind"] != "teacher" for r in second.rows)  # ... but trains (and re-scores) no teacher
     assert {p: p.stat().st_mtime_ns for p in teacher_cache.glob("*/logits.pt")} == before
     assert read_board(board).set_index("submission").loc["dsflexinet-sm1", "variant"].tolist()[-1] == "no_kd"
+
+
+TEACHER_ONLY = '''
+[system]
+name = "teacher-only"
+description = "a teacher loaded from a local checkpoint"
+citation = "none"
+stages = ["teachers"]
+
+[profiles.smoke.teachers]
+teachers = [{ name = "from-file", model = "cpresnet_half", epochs = 0, checkpoint = "CKPT" }]
+'''
+
+TEACHER_ONLY_PY = '''
+from bench.train.teachers import teacher_stage, teacher_submissions
+
+
+def teachers(ctx):
+    return teacher_stage(ctx)
+
+
+def submission(ctx):
+    return teacher_submissions(ctx)["teacher-from-file"][0]
+'''
+
+
+def test_teacher_from_local_checkpoint(tmp_path, smoke_dataset, smoke_store):
+    import pytest
+    import torch
+
+    from bench.models import create_model
+    from bench.train.stages import StageError
+
+    torch.manual_seed(123)
+    reference = create_model("cpresnet_half")
+    ckpt = tmp_path / "teacher.pt"
+    torch.save(reference.net.state_dict(), ckpt)
+    folder = tmp_path / "teacher-only"
+    folder.mkdir()
+    (folder / "system.py").write_text(TEACHER_ONLY_PY)
+    (folder / "system.toml").write_text(TEACHER_ONLY.replace("CKPT", str(tmp_path / "missing.pt")))
+    with pytest.raises(StageError, match="missing.pt not found"):
+        run_system(folder, str(smoke_dataset), "smoke", board=None, progress=False)
+    (folder / "system.toml").write_text(TEACHER_ONLY.replace("CKPT", str(ckpt)))
+    run_system(folder, str(smoke_dataset), "smoke", board=None, progress=False)
+    cached = torch.load(next((data_home() / "cache" / "teachers").glob("from-file-*/logits.pt")), weights_only=True)
+    reference.eval()
+    with torch.inference_mode():
+        expected = reference(torch.from_numpy(smoke_store.waveforms(cached["rows"].numpy())))
+    assert torch.allclose(cached["logits"], expected, atol=1e-5)

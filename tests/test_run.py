@@ -77,8 +77,13 @@ def train(ctx):
 
 
 def submission(ctx):
+    if ctx.config.get("broken_submission"):
+        raise ValueError("no submission today")
     model = make(len(ctx.classes))
     model.load_state_dict(ctx.previous["train"]["model"])
+    if ctx.config.get("nan_logits"):
+        with torch.no_grad():
+            model.net.fc.bias.fill_(float("nan"))
     return ModelSubmission("tiny", model.frontend, model.net, ctx.classes)
 '''
 
@@ -99,6 +104,12 @@ explode = true
 
 [variants.nan.train]
 nan = true
+
+[variants.nan_logits]
+nan_logits = true
+
+[variants.broken_submission]
+broken_submission = true
 '''
 
 
@@ -248,3 +259,14 @@ def test_stage_that_raises_and_nan_loss(tiny_system, smoke_dataset, fresh_home, 
     assert not board.exists()
     result = run_tiny(tiny_system, smoke_dataset, board)  # a later good run is unaffected
     assert len(read_board(board)) == 1 and result.rows[0]["status"] == "ok"
+
+
+def test_submission_that_raises_or_predicts_nan(tiny_system, smoke_dataset, fresh_home, tmp_path):
+    board = tmp_path / "b.parquet"
+    with pytest.raises(StageError, match="building the submission raised ValueError: no submission today"):
+        run_tiny(tiny_system, smoke_dataset, board, variant="broken_submission")
+    result = runner.invoke(app, ["run", str(tiny_system), "--data", str(smoke_dataset), "--profile", "smoke",
+                                 "--variant", "nan_logits", "--board", str(board), "--no-progress"])
+    assert result.exit_code == 1
+    row = read_board(board).iloc[0]
+    assert row["status"] == "failed" and "NaN" in row["error"] and pd.isna(row["macro_acc"])

@@ -65,19 +65,27 @@ def run(system: str = typer.Argument(..., help="system folder (e.g. systems/base
         variant: Optional[str] = typer.Option(None, help="a [variants.NAME] of the system (ablations)"),
         board: Path = typer.Option(DEFAULT_BOARD, help="leaderboard Parquet file to append to"),
         accelerator: str = typer.Option("cpu", help="cpu | gpu"),
-        devices: int = typer.Option(1, help="processes/GPUs for Lightning DDP"),
+        devices: int = typer.Option(1, help="processes/GPUs per node for Lightning DDP"),
+        num_nodes: int = typer.Option(1, help="nodes for multi-node DDP (launch on each node with MASTER_ADDR, "
+                                              "MASTER_PORT, NODE_RANK set)"),
         train_split: Optional[str] = typer.Option(None, help="training split (default: the challenge's split25; "
                                                              "anything else is recorded with the results)"),
+        splits_dir: Optional[str] = typer.Option(None, help="folder holding split25.csv/test.csv when they are not "
+                                                            "next to the data"),
         progress: bool = typer.Option(True, help="show training progress bars")) -> None:
     """Train every stage of a system, score it, and append the result to the leaderboard."""
     try:
         result = run_system(system, data, profile, seed, variant, board, accelerator, devices, train_split,
-                            progress, console)
+                            progress, num_nodes, console, splits_dir=splits_dir)
     except (SystemError_, DatasetError, StoreError, StageError, SubmissionError, BoardError, Interrupted) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(130 if isinstance(exc, Interrupted) else 1)
-    console.print(summary_table(result))
+    ok = [r for r in result.rows if r["status"] == "ok"]
+    if ok:
+        console.print(summary_table(RunResult(result.run_dir, rows=ok)))
     console.print(f"appended {len(result.rows)} row(s) to {board}; run folder {result.run_dir}")
+    if len(ok) < len(result.rows):
+        raise typer.Exit(1)
 
 
 @app.command("systems")

@@ -63,7 +63,7 @@ def fine_tune_per_device(ctx: StageContext, base_state: dict[str, Any],
         train = ctx.clips("fit", [device])
         if len(train) == 0:
             continue
-        model = ctx.create_model(**ctx.model_overrides())
+        model = ctx.create_model()
         model.load_state_dict(base_state)
         ctx.fit(build(model, cfg), train, ctx.clips("val", [device]), name=f"device-{device}")
         out[device] = model.state_dict()

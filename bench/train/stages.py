@@ -60,6 +60,7 @@ class RunEnv:
     cache_root: Path
     accelerator: str = "cpu"
     devices: int = 1
+    num_nodes: int = 1
     progress: bool = True
     console: Console = field(default_factory=Console)
     reused_stages: set[str] = field(default_factory=set)
@@ -102,7 +103,8 @@ class StageContext:
     def loader(self, clips: pd.DataFrame, batch_size: int, shuffle: bool,
                extras: dict[str, Any] | None = None) -> torch.utils.data.DataLoader:
         ds = ClipDataset(self.env.store, clips, self.env.device_list, extras)
-        return make_loader(ds, batch_size, shuffle, seed=self.seed if self.env.devices == 1 else None,
+        single = self.env.devices == 1 and self.env.num_nodes == 1
+        return make_loader(ds, batch_size, shuffle, seed=self.seed if single else None,
                            drop_last=shuffle and len(clips) > batch_size)
 
     def device_index(self, device: str) -> int:
@@ -161,10 +163,10 @@ class StageContext:
                                      enable_version_counter=False)]
         if self.env.progress:
             callbacks.append(RichProgressBar(leave=False))
-        multi = self.env.devices > 1
+        multi = self.env.devices > 1 or self.env.num_nodes > 1
         deterministic = torch.are_deterministic_algorithms_enabled()  # before the Trainer switches it on
         trainer = L.Trainer(
-            accelerator=self.env.accelerator, devices=self.env.devices,
+            accelerator=self.env.accelerator, devices=self.env.devices, num_nodes=self.env.num_nodes,
             strategy="ddp_spawn" if multi else "auto", max_epochs=opt.epochs, deterministic=True,
             logger=CSVLogger(run_dir, name="logs", version=0), log_every_n_steps=1, callbacks=callbacks,
             enable_progress_bar=self.env.progress, enable_model_summary=False, num_sanity_val_steps=0,
