@@ -71,9 +71,10 @@ class SystemSpec:
         return cfg
 
     def stage_config(self, resolved: dict[str, Any], stage: str) -> dict[str, Any]:
-        """Shared (top-level scalar) keys plus the stage's own table."""
-        shared = {k: v for k, v in resolved.items() if not isinstance(v, dict)}
-        return {**shared, **resolved.get(stage, {})}
+        """Shared keys (everything that is not a stage table, ``model_options`` included) merged with the stage's
+        own table, which wins key by key."""
+        shared = {k: v for k, v in resolved.items() if k not in self.stages}
+        return _merge(shared, resolved.get(stage, {}))
 
 
 def _merge(a: dict, b: dict) -> dict:

@@ -87,3 +87,27 @@ def test_teacher_from_local_checkpoint(tmp_path, smoke_dataset, smoke_store):
     with torch.inference_mode():
         expected = reference(torch.from_numpy(smoke_store.waveforms(cached["rows"].numpy())))
     assert torch.allclose(cached["logits"], expected, atol=1e-5)
+
+
+def test_table_v_variants_reach_the_model():
+    """Each ablation row must train a different student: norm from model_options, DIR vs ADIR per stage."""
+    import torch.nn as nn
+
+    from bench.models import create_model
+    from bench.models.resnorm import ResidualNorm
+    from bench.system import load_system
+
+    spec = load_system(SYSTEMS_DIR / "dsflexinet")
+    expected = {"fms_dir": ("none", False), "bn_fms_dir": ("bn", False), "bn_fms_adir": ("bn", True),
+                "rn_fms_dir": ("rn", False), "rn_fms_adir": ("rn", True)}
+    seen = set()
+    for variant, (norm, adir) in expected.items():
+        for stage in ("distill", "qat"):
+            cfg = spec.stage_config(spec.resolve("default", variant), stage)
+            assert (cfg["model_options"]["norm"], cfg["adir"]) == (norm, adir), (variant, stage)
+            assert cfg["model_options"]["rn_axis"] == "channel"   # deep merge keeps the default's other options
+        model = create_model(cfg["model"], n_classes=10, **cfg["model_options"])
+        kinds = {type(m) for name, m in model.named_modules() if name.endswith(".norm")}
+        assert kinds == {"rn": {ResidualNorm}, "bn": {nn.BatchNorm2d}, "none": {nn.Identity}}[norm], variant
+        seen.add(repr(sorted(cfg.items())))
+    assert len(seen) == len(expected)
