@@ -104,7 +104,7 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> tuple[torch.Tensor,
     train = ctx.clips("train")
     logits = predict_logits(ctx, model, train)
     val = len(ctx.clips("fit"))
-    labels = torch.as_tensor(train["label"].to_numpy())
+    labels = torch.tensor(train["label"].to_numpy())
     val_acc = float((logits[val:].argmax(1) == labels[val:]).float().mean()) if len(train) > val else None
     torch.save(model.state_dict(), tdir / "weights.pt")
     tmp = logits_path.with_suffix(".tmp")
@@ -154,7 +154,7 @@ def kd_targets(ctx: StageContext, teachers: dict[str, Any], mode: str) -> KDTarg
         return KDTargets(rows, average_logits(logits), {"mode": mode, "teachers": names})
     val = ctx.clips("val")
     pos = pd.Series(np.arange(len(rows)), index=rows)[val["row"].to_numpy()].to_numpy()
-    fusion = TeacherFusion().fit([z[pos] for z in logits], torch.as_tensor(val["label"].to_numpy()),
+    fusion = TeacherFusion().fit([z[pos] for z in logits], torch.tensor(val["label"].to_numpy()),
                                  split="validation")
     return KDTargets(rows, fusion.transform(logits), {"mode": mode, "teachers": names, **fusion.to_dict()})
 
