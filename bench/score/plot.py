@@ -64,8 +64,8 @@ def _series(ax: Axes, df: pd.DataFrame, x_col: str, y_col: str, label: str, mark
     names = [_label(s, v) for s, v in zip(df["submission"].to_numpy()[keep], df["variant"].to_numpy()[keep])]
     ax.scatter(x[~teacher], y[~teacher], marker=marker, color=color, label=label)
     ax.scatter(x[teacher], y[teacher], marker=marker, facecolors="none", edgecolors=color)
-    # The front is over submissions only (teachers are not bound by the limits); only its points are labelled, so
-    # a board of many rows stays readable.
+    # The front is over submissions only (teachers are not bound by the limits); only its points and the teachers
+    # are labelled, so a board of many rows stays readable.
     rows = np.flatnonzero(~teacher)
     front = rows[pareto_front(x[rows], y[rows])] if len(rows) else rows
     ax.step(x[front], y[front], where="post", color=color, alpha=0.6)
