@@ -345,6 +345,25 @@ def test_cli_plot_writes_png(board, tmp_path):
     assert str(out) in result.stderr
 
 
+def test_pareto_front_leaves_out_teachers_and_labels_front_and_teachers(tmp_path):
+    """A cheap teacher must not start the submissions' front; only front points and teachers get a label."""
+    from matplotlib.figure import Figure
+
+    from bench.score.plot import _series
+
+    path = tmp_path / "b.parquet"
+    lb.append_rows(path, [
+        row(submission="small-teacher", kind="teacher", macro_acc=0.30, max_macs=1_000_000),
+        row(submission="a", variant="v1", macro_acc=0.40, max_macs=2_000_000),
+        row(submission="b", macro_acc=0.35, max_macs=3_000_000),   # beaten by a
+        row(submission="c", macro_acc=0.50, max_macs=4_000_000),
+    ])
+    ax = Figure().subplots()
+    _series(ax, lb.read_board(path), "max_macs", "macro_acc", "deployed", "o", "C0")
+    assert ax.lines[0].get_xdata().tolist() == [2_000_000, 4_000_000]
+    assert sorted(t.get_text() for t in ax.texts) == ["a [v1]", "c", "small-teacher"]
+
+
 @pytest.mark.parametrize("rows", [
     lambda: [row(max_macs=1_000_000, max_param_bytes=1_000)],
     lambda: [row(status="failed", macro_acc=None, error="boom")],
