@@ -42,6 +42,18 @@ def test_cpmel_shapes(kwargs, shape):
     assert tuple(CpMel(**kwargs).eval()(torch.randn(1, ONE_SECOND)).shape) == shape
 
 
+@pytest.mark.parametrize("batch", [1, 32])
+def test_cpmel_preemphasis_is_the_fir_bit_for_bit(batch):
+    """The slice form must equal the recipe's conv1d with [-0.97, 1] exactly: cached teachers depend on it."""
+    wave = 0.1 * torch.randn(batch, ONE_SECOND, generator=torch.Generator().manual_seed(batch))
+    fir = torch.nn.functional.conv1d(wave.unsqueeze(1), torch.tensor([[[-0.97, 1.0]]])).squeeze(1)
+    mel = CpMel().eval()
+    spec = torch.stft(fir, mel.n_fft, hop_length=mel.hop_length, win_length=mel.win_length, window=mel.window,
+                      center=True, return_complex=True)
+    power = spec.real ** 2 + spec.imag ** 2
+    assert torch.equal(mel(wave), (torch.log(mel.mel_basis @ power + 1e-5).unsqueeze(1) + 4.5) / 5.0)
+
+
 def fully_masked(x: torch.Tensor) -> bool:
     """Whether a whole frequency row or time column holds the mask value (log 0 -> (0 + 4.5) / 5 = 0.9)."""
     hit = torch.isclose(x, torch.tensor(0.9))

@@ -100,3 +100,21 @@ def test_nothing_quantizable_raises():
     x = torch.randn(1, 1, 16, 16)
     with pytest.raises(QuantizationError, match="no layer was quantized"):
         quantize_static(nn.Flatten(), [x], x)
+
+
+@pytest.mark.skipif("x86" not in torch.backends.quantized.supported_engines, reason="needs the x86 engine")
+def test_onednn_kernels_compute_what_the_x86_engine_computes():
+    """The x86 qconfig decides the values; running them on oneDNN (instead of the x86 engine's mix, which sends
+    depthwise convs with > 100 groups to fbgemm) must not change a single output."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 108, 1), nn.BatchNorm2d(108), nn.ReLU(),
+                        nn.Conv2d(108, 108, 3, 2, 1, groups=108), nn.BatchNorm2d(108), nn.ReLU(),
+                        nn.Conv2d(108, 10, 1)).eval()
+    x = torch.randn(4, 4, 16, 8)
+    reference = quantize_static(net, [x], x[:1], engine="x86")
+    with torch.no_grad():
+        expected = reference(x)
+    ours = quantize_static(net, [x], x[:1])
+    assert torch.backends.quantized.engine == "onednn"
+    with torch.no_grad():
+        assert torch.equal(ours(x), expected)

@@ -24,7 +24,7 @@ class ClipDataset(Dataset):
                  extras: dict[str, np.ndarray] | None = None):
         self.store = store
         self.rows = clips["row"].to_numpy()
-        self.labels = torch.tensor(clips["label"].to_numpy(), dtype=torch.long)
+        self.labels = torch.tensor(clips["label"].to_numpy(copy=True), dtype=torch.long)
         vocab = {d: i for i, d in enumerate(devices)}
         self.device_names = clips["device"].tolist()
         self.device_idx = torch.as_tensor([vocab.get(d, -1) for d in self.device_names], dtype=torch.long)

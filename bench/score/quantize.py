@@ -2,7 +2,7 @@
 
 Method: PyTorch FX graph-mode quantization (``torch.ao.quantization.quantize_fx``) with the ``x86`` backend's
 default qconfig mappings (per-channel symmetric qint8 weights, quint8 activations; ``qnnpack`` on machines without
-the x86 engine). Why this one:
+the x86 engine), run by oneDNN kernels (see ``_select_engine``). Why this one:
 
 - it runs in torch 2.11: ``torch.ao.quantization`` is deprecated but not removed (harness.md §5);
 - static post-training quantization and quantization-aware training share the same prepare/convert path;
@@ -59,17 +59,30 @@ class QuantizationError(RuntimeError):
     """The network cannot be quantized; the message says why, for the result table."""
 
 
-def _select_engine() -> str:
-    """The quantized engine used (and selected globally, since packed weights are engine-specific)."""
-    engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack"
+def _qconfig_backend() -> str:
+    """Whose default qconfig mapping (observers, ranges) decides the quantized values."""
+    return "x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack"
+
+
+def _select_engine(engine: str | None = None) -> None:
+    """The engine whose kernels run the INT8 model (``engine``, or the default below), selected globally because
+    packed weights are engine-specific.
+
+    On x86, oneDNN: the ``x86`` engine itself packs most convolutions for oneDNN (on VNNI CPUs, groups <= 100) and
+    the rest for fbgemm, whose depthwise kernel falls to a path 50-100x slower when the channel count is not a
+    multiple of 8 (DS-FlexiNet sm2's 108 and sm4's 204 channels). The quantized values come from the x86 qconfig
+    either way; the INT8 logits of the default DS-FlexiNet were bit-identical under both (docs/scoring.md)."""
+    if engine is None:
+        supported = torch.backends.quantized.supported_engines
+        engine = "onednn" if _qconfig_backend() == "x86" and "onednn" in supported else _qconfig_backend()
     torch.backends.quantized.engine = engine
-    return engine
 
 
 def _prepare(net: nn.Module, example_input: torch.Tensor, qat: bool) -> nn.Module:
     model = copy.deepcopy(net).float().cpu().train(qat)
-    engine = _select_engine()
-    mapping = get_default_qat_qconfig_mapping(engine) if qat else get_default_qconfig_mapping(engine)
+    _select_engine()
+    backend = _qconfig_backend()
+    mapping = get_default_qat_qconfig_mapping(backend) if qat else get_default_qconfig_mapping(backend)
     try:
         with _quiet():
             return (prepare_qat_fx if qat else prepare_fx)(model, mapping, (example_input,))
@@ -77,9 +90,9 @@ def _prepare(net: nn.Module, example_input: torch.Tensor, qat: bool) -> nn.Modul
         raise QuantizationError(f"FX graph-mode tracing/preparation failed: {type(err).__name__}: {err}") from err
 
 
-def _convert(prepared: nn.Module) -> nn.Module:
+def _convert(prepared: nn.Module, engine: str | None = None) -> nn.Module:
     model = copy.deepcopy(prepared).eval()
-    _select_engine()
+    _select_engine(engine)
     try:
         with _quiet():
             converted = convert_fx(model)
@@ -91,9 +104,10 @@ def _convert(prepared: nn.Module) -> nn.Module:
 
 
 def quantize_static(net: nn.Module, calibration_batches: Iterable[torch.Tensor],
-                    example_input: torch.Tensor) -> nn.Module:
+                    example_input: torch.Tensor, engine: str | None = None) -> nn.Module:
     """Post-training static quantization: observe activation ranges on ``calibration_batches`` (feature batches
-    from training/validation clips), then convert. ``net`` is not modified."""
+    from training/validation clips), then convert. ``net`` is not modified. ``engine`` overrides the kernels
+    (``"x86"``, ``"fbgemm"``, ...; benchmarks compare them); the quantized values do not depend on it."""
     prepared = _prepare(net, example_input, qat=False)
     n_batches = 0
     with torch.no_grad(), _quiet():
@@ -102,7 +116,7 @@ def quantize_static(net: nn.Module, calibration_batches: Iterable[torch.Tensor],
             n_batches += 1
     if n_batches == 0:
         raise QuantizationError("no calibration batches were given")
-    return _convert(prepared)
+    return _convert(prepared, engine)
 
 
 def prepare_qat(net: nn.Module, example_input: torch.Tensor) -> nn.Module:

@@ -104,11 +104,11 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> tuple[torch.Tensor,
     train = ctx.clips("train")
     logits = predict_logits(ctx, model, train)
     val = len(ctx.clips("fit"))
-    labels = torch.tensor(train["label"].to_numpy())
+    labels = torch.from_numpy(train["label"].to_numpy(copy=True))
     val_acc = float((logits[val:].argmax(1) == labels[val:]).float().mean()) if len(train) > val else None
     torch.save(model.state_dict(), tdir / "weights.pt")
     tmp = logits_path.with_suffix(".tmp")
-    torch.save({"rows": torch.tensor(train["row"].to_numpy()), "logits": logits}, tmp)
+    torch.save({"rows": torch.from_numpy(train["row"].to_numpy(copy=True)), "logits": logits}, tmp)
     os.replace(tmp, logits_path)
     (tdir / "info.json").write_text(json.dumps({"name": cfg["name"], "val_accuracy": val_acc,
                                                 "logits_bytes": logits.numel() * 4}, indent=2))
@@ -118,7 +118,7 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> tuple[torch.Tensor,
 def teacher_stage(ctx: StageContext) -> dict[str, Any]:
     """Stage body: every teacher of the stage's ``teachers`` list (tables with name, model, seed, epochs, optimiser
     and augmentation keys, optional model_options and a local checkpoint file)."""
-    out: dict[str, Any] = {"rows": torch.tensor(ctx.clips("train")["row"].to_numpy()), "logits": {},
+    out: dict[str, Any] = {"rows": torch.from_numpy(ctx.clips("train")["row"].to_numpy(copy=True)), "logits": {},
                            "cached": {}}
     for cfg in teacher_configs(ctx, ctx.stage):
         logits, cached = train_teacher(ctx, cfg)
@@ -154,7 +154,7 @@ def kd_targets(ctx: StageContext, teachers: dict[str, Any], mode: str) -> KDTarg
         return KDTargets(rows, average_logits(logits), {"mode": mode, "teachers": names})
     val = ctx.clips("val")
     pos = pd.Series(np.arange(len(rows)), index=rows)[val["row"].to_numpy()].to_numpy()
-    fusion = TeacherFusion().fit([z[pos] for z in logits], torch.tensor(val["label"].to_numpy()),
+    fusion = TeacherFusion().fit([z[pos] for z in logits], torch.from_numpy(val["label"].to_numpy(copy=True)),
                                  split="validation")
     return KDTargets(rows, fusion.transform(logits), {"mode": mode, "teachers": names, **fusion.to_dict()})
 
