@@ -70,8 +70,8 @@ def _select_engine(engine: str | None = None) -> None:
 
     On x86, oneDNN: the ``x86`` engine itself packs most convolutions for oneDNN (on VNNI CPUs, groups <= 100) and
     the rest for fbgemm, whose depthwise kernel falls to a path 50-100x slower when the channel count is not a
-    multiple of 8 (DS-FlexiNet sm2's 108 and sm4's 204 channels). The quantized values come from the x86 qconfig
-    either way; the INT8 logits of the default DS-FlexiNet were bit-identical under both (docs/scoring.md)."""
+    multiple of 8 (DS-FlexiNet sm2's 108 and sm4's 204 channels). The quantized weights and scales come from the
+    x86 qconfig either way; the kernels may round a requantized value differently, rarely (docs/scoring.md)."""
     if engine is None:
         supported = torch.backends.quantized.supported_engines
         engine = "onednn" if _qconfig_backend() == "x86" and "onednn" in supported else _qconfig_backend()
@@ -107,7 +107,7 @@ def quantize_static(net: nn.Module, calibration_batches: Iterable[torch.Tensor],
                     example_input: torch.Tensor, engine: str | None = None) -> nn.Module:
     """Post-training static quantization: observe activation ranges on ``calibration_batches`` (feature batches
     from training/validation clips), then convert. ``net`` is not modified. ``engine`` overrides the kernels
-    (``"x86"``, ``"fbgemm"``, ...; benchmarks compare them); the quantized values do not depend on it."""
+    (``"x86"``, ``"fbgemm"``, ...; benchmarks compare them); the quantized weights and scales do not depend on it."""
     prepared = _prepare(net, example_input, qat=False)
     n_batches = 0
     with torch.no_grad(), _quiet():
