@@ -107,7 +107,8 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
             console.print(f"  [red]failed[/] {sub.name}: {exc}")
             continue
         result.results[key] = scored
-        result.rows.append(make_row(status="ok", **{**identity, **scored.row}))
+        row_notes = "; ".join(n for n in (identity["notes"], scored.row.get("notes")) if n) or None
+        result.rows.append(make_row(status="ok", **{**identity, **scored.row, "notes": row_notes}))
         console.print(f"  scored [bold]{sub.name}[/] in {time.perf_counter() - start:.1f} s")
     (run_dir / "scores.json").write_text(json.dumps(result.rows, indent=2, default=str))
     if board is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.score.energy import _isolated_from_user_config, analytic_energy, measure_inference_energy
+from bench.score.energy import (EnergyError, _isolated_from_user_config, analytic_energy, measure_energy,
+                                measure_inference_energy)
 
 BASELINE_MACS = 29_419_156
 STRAY_CONFIG = "[codecarbon]\nforce_cpu_power = 5000\nforce_ram_power = 5000\ntracking_mode = machine\n" \
@@ -76,7 +78,8 @@ def test_measured_energy_is_positive_and_labelled(measured):
     assert result.n_clips == 48
     assert result.joules_per_clip > 0
     assert result.total_joules_per_clip >= result.joules_per_clip
-    assert result.wall_s > 0
+    assert result.repeats >= 1 and result.wall_s >= 1.0  # repeated until the minimum duration had passed
+    assert result.ram_joules / result.ram_power_w == pytest.approx(result.wall_s, rel=0.5)
     assert result.method in ("rapl", "cpu-load-estimate") or result.method.startswith("codecarbon-")
     if not Path("/sys/class/powercap/intel-rapl").exists():
         assert result.method == "cpu-load-estimate"
@@ -90,3 +93,24 @@ def test_measured_energy_ignores_stray_config_and_network(measured):
     assert not list(root.glob("*.csv"))
     assert Path.cwd() == root and os.environ["HOME"] == str(root)
     assert os.environ["CODECARBON_FORCE_CPU_POWER"] == "5000"
+
+
+def test_truncated_codecarbon_reading_is_refused_not_reported(monkeypatch):
+    """CodeCarbon 3.3.2 once returned 0 J of CPU and 2 ms of RAM time for a 0.3 s workload (CI): reproduce that
+    reading by truncating what its tracker returns; the harness must take it again, then refuse it."""
+    from codecarbon.emissions_tracker import BaseEmissionsTracker
+
+    real_stop = BaseEmissionsTracker.stop
+    stops = []
+
+    def truncated_stop(self):
+        out = real_stop(self)
+        data = self.final_emissions_data
+        self.final_emissions_data = dataclasses.replace(data, cpu_energy=0.0, ram_energy=data.ram_energy / 100)
+        stops.append(1)
+        return out
+
+    monkeypatch.setattr(BaseEmissionsTracker, "stop", truncated_stop)
+    with pytest.raises(EnergyError, match="3 times in a row; energy not reported"):
+        measure_energy(lambda: None, 4, min_seconds=0.05)
+    assert len(stops) == 3

@@ -325,5 +325,6 @@ def _energy_columns(run: ChildRun, options: ScoreOptions, notes: list[str]) -> d
     if "error" in out or out["method"] not in ENERGY_METHODS:
         notes.append(one_line(f"energy not measured: {out.get('error') or 'unknown method ' + out['method']}"))
         return {}
-    notes.append(f"energy: one predict() call on {out['n_clips']} clips, model loading and decoding included")
+    notes.append(f"energy: predict() on {out['n_clips']} clips, {out['repeats']}x (at least 1 s), model loading and "
+                 "decoding included")
     return {"energy_j_per_clip": out["joules_per_clip"], "energy_method": out["method"]}

@@ -225,7 +225,8 @@ class Session:
         return [batch_input(x)[0].float() for x in inputs]
 
     def energy(self) -> dict:
-        """Energy per clip of one ``predict`` call on the first test clips (model loading and decoding included)."""
+        """Energy per clip of ``predict`` on the first test clips, repeated for at least 1 s (model loading and
+        decoding included)."""
         from bench.score.energy import measure_energy
 
         self.enter("energy")

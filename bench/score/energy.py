@@ -83,7 +83,8 @@ class MeasuredEnergy:
     joules_per_clip: float
     total_joules_per_clip: float
     method: str
-    n_clips: int
+    n_clips: int                # clips per workload run
+    repeats: int                # workload runs inside the measured interval (until ``min_seconds`` had passed)
     wall_s: float
     cpu_joules: float
     ram_joules: float
@@ -146,31 +147,54 @@ def _cpu_method(tracker) -> str:
     return f"codecarbon-{mode}"
 
 
-def measure_energy(workload: Callable[[], None], n_clips: int, *, country_iso_code: str = "USA",
-                   measure_power_secs: float = 3600.0) -> MeasuredEnergy:
-    """Run ``workload`` (inference over ``n_clips`` clips) once under CodeCarbon and return energy per clip.
+class EnergyError(RuntimeError):
+    """CodeCarbon returned a reading that cannot be right; the message says what it saw."""
 
-    Tracker start-up (hardware probing, ~2 s on first use) happens before the measured interval starts. Give it
-    a workload of a second or more: process CPU time is accounted in clock ticks, so a few milliseconds read as 0.
+
+def measure_energy(workload: Callable[[], None], n_clips: int, *, min_seconds: float = 1.0, attempts: int = 3,
+                   country_iso_code: str = "USA", measure_power_secs: float = 3600.0) -> MeasuredEnergy:
+    """Run ``workload`` (inference over ``n_clips`` clips) under CodeCarbon and return energy per clip.
+
+    Tracker start-up (hardware probing, ~2 s on first use) happens before the measured interval starts. The
+    workload repeats until ``min_seconds`` have passed: process CPU time is accounted in clock ticks, so a few
+    milliseconds read as 0. A reading is accepted only if it has CPU energy and CodeCarbon accounted at least half
+    the wall time (RAM energy / RAM power, a fixed model); otherwise it is repeated, up to ``attempts`` times, and
+    then refused with ``EnergyError`` -- a zero or truncated figure is never reported (CodeCarbon 3.3 once returned
+    2 ms of a 0.3 s workload in CI).
     """
     if n_clips <= 0:
         raise ValueError(f"n_clips must be positive, got {n_clips}")
+    for _ in range(attempts):
+        measured = _measure_once(workload, n_clips, min_seconds, country_iso_code, measure_power_secs)
+        accounted = (measured.ram_joules / measured.ram_power_w) if measured.ram_power_w > 0 else measured.wall_s
+        if measured.cpu_joules > 0 and accounted >= 0.5 * measured.wall_s:
+            return measured
+    raise EnergyError(f"CodeCarbon accounted {accounted:.3f} s and {measured.cpu_joules:.4g} J of CPU energy for a "
+                      f"{measured.wall_s:.3f} s workload, {attempts} times in a row; energy not reported")
+
+
+def _measure_once(workload: Callable[[], None], n_clips: int, min_seconds: float, country_iso_code: str,
+                  measure_power_secs: float) -> MeasuredEnergy:
     with _codecarbon_log_level(logging.ERROR):
         tracker = _make_tracker(country_iso_code, measure_power_secs)
         tracker.start()
         start = time.perf_counter()
+        repeats = 0
         try:
-            workload()
+            while repeats == 0 or time.perf_counter() - start < min_seconds:
+                workload()
+                repeats += 1
         finally:
             wall = time.perf_counter() - start
             tracker.stop()
     data = tracker.final_emissions_data
     cpu_j, ram_j, gpu_j = (data.cpu_energy * JOULES_PER_KWH, data.ram_energy * JOULES_PER_KWH,
                            data.gpu_energy * JOULES_PER_KWH)
+    clips = n_clips * repeats
     return MeasuredEnergy(
-        joules_per_clip=cpu_j / n_clips, total_joules_per_clip=(cpu_j + ram_j + gpu_j) / n_clips,
-        method=_cpu_method(tracker), n_clips=n_clips, wall_s=wall, cpu_joules=cpu_j, ram_joules=ram_j,
-        gpu_joules=gpu_j, cpu_power_w=float(data.cpu_power), ram_power_w=float(data.ram_power),
+        joules_per_clip=cpu_j / clips, total_joules_per_clip=(cpu_j + ram_j + gpu_j) / clips,
+        method=_cpu_method(tracker), n_clips=n_clips, repeats=repeats, wall_s=wall, cpu_joules=cpu_j,
+        ram_joules=ram_j, gpu_joules=gpu_j, cpu_power_w=float(data.cpu_power), ram_power_w=float(data.ram_power),
         cpu_model=data.cpu_model or platform.processor(), tracking_mode=data.tracking_mode,
         codecarbon_version=data.codecarbon_version,
     )

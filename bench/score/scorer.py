@@ -19,7 +19,7 @@ from bench.data.loaders import ClipDataset, make_loader
 from bench.data.manifest import Manifest
 from bench.data.store import Store
 from bench.score.complexity import ComplexityError, DeviceModel, SubmissionComplexity, count_devices, dtype_name
-from bench.score.energy import analytic_energy, measure_energy
+from bench.score.energy import EnergyError, analytic_energy, measure_energy
 from bench.score.metrics import Scores, score_predictions
 from bench.score.quantize import QuantizationError, int8_size_bytes, quantize_static
 from bench.submission import GENERAL, OFFICIAL_DEVICES, ModelSubmission, Submission, SubmissionError
@@ -267,7 +267,11 @@ def _measure_energy(sub, store, clips, options, result) -> None:
         for i in range(0, len(waves), options.batch_size):
             sub.predict(waves[i:i + options.batch_size], devices[i:i + options.batch_size])
 
-    energy = measure_energy(workload, len(waves))
+    try:
+        energy = measure_energy(workload, len(waves))
+    except EnergyError as exc:  # accuracy and complexity stand; the row says why energy is missing
+        result.row["notes"] = f"energy not measured: {exc}"
+        return
     result.row["energy_j_per_clip"] = energy.joules_per_clip
     result.row["energy_method"] = energy.method
     result.extra["energy"] = energy
