@@ -9,6 +9,7 @@ device-specific fine-tuning stage) are not repeated.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -33,6 +34,16 @@ from bench.models import create_model
 from bench.models.base import ASCModel
 from bench.system import SystemSpec, config_hash
 from bench.train.task import ClassifierTask, NonFiniteLossError
+
+
+class _NoAdverts(logging.Filter):
+    """Lightning advertises its cloud logger at every Trainer; an offline harness prints no such tip."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB}")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 
 
 class StageError(RuntimeError):
