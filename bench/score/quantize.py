@@ -80,7 +80,6 @@ def _select_engine(engine: str | None = None) -> None:
 
 def _prepare(net: nn.Module, example_input: torch.Tensor, qat: bool) -> nn.Module:
     model = copy.deepcopy(net).float().cpu().train(qat)
-    _select_engine()
     backend = _qconfig_backend()
     mapping = get_default_qat_qconfig_mapping(backend) if qat else get_default_qconfig_mapping(backend)
     try:
