@@ -25,6 +25,12 @@ class TorchaudioLogMel(nn.Module):
         return torch.log(x + 1e-5)
 
 
+def preemphasis(wave: torch.Tensor) -> torch.Tensor:
+    """The CPJKU FIR [-0.97, 1] along time (one sample shorter), written as a slice: bit-identical to the recipe's
+    ``conv1d`` (tested) and 25x faster on CPU, where the conv took as long as the STFT."""
+    return wave[..., 1:] - 0.97 * wave[..., :-1]
+
+
 class CpMel(nn.Module):
     """The CPJKU ``AugmentMelSTFT`` recipe (architectures.md §3.2, §12.8), used by CP-Mobile, CP-ResNet and PaSST.
 
@@ -59,9 +65,7 @@ class CpMel(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with torch.autocast(wave.device.type, enabled=False):
-            wave = wave.float()
-            # the FIR [-0.97, 1] as a slice: bit-identical to conv1d, and 25x faster on CPU (tests)
-            x = wave[..., 1:] - 0.97 * wave[..., :-1]
+            x = preemphasis(wave.float())
             spec = torch.stft(x, self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
                               window=self.window, center=True, normalized=False, return_complex=True)
             power = spec.real ** 2 + spec.imag ** 2

@@ -162,8 +162,8 @@ def measure_energy(workload: Callable[[], None], n_clips: int, *, min_seconds: f
     then refused with ``EnergyError`` -- a zero or truncated figure is never reported (CodeCarbon 3.3 once returned
     2 ms of a 0.3 s workload in CI).
     """
-    if n_clips <= 0:
-        raise ValueError(f"n_clips must be positive, got {n_clips}")
+    if n_clips <= 0 or attempts <= 0:
+        raise ValueError(f"n_clips and attempts must be positive, got {n_clips} and {attempts}")
     for _ in range(attempts):
         measured = _measure_once(workload, n_clips, min_seconds, country_iso_code, measure_power_secs)
         accounted = (measured.ram_joules / measured.ram_power_w) if measured.ram_power_w > 0 else measured.wall_s
