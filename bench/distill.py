@@ -13,8 +13,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench.config import Key, Schema
+
 REDUCTIONS = ("mean", "batchmean")
 SOFT_TARGETS = ("kl", "ce")
+KD_MODES = ("fused", "average", "none")
+
+KD = Schema("kd", {
+    "kd": Key(str, "average", "teacher targets: DS-FlexiNet's learned fusion, the plain average, or no distillation",
+              choices=KD_MODES),
+    "kd_lambda": Key(float, 0.02, "weight of the label term (the soft term gets 1 - kd_lambda)"),
+    "kd_temperature": Key(float, 2.0, "softmax temperature of the soft term"),
+    "kd_reduction": Key(str, "mean", "soft-term reduction: element-wise mean (CP-JKU) or sum over classes",
+                        choices=REDUCTIONS),
+    "kd_soft_target": Key(str, "kl", "soft term: KL divergence, or soft-target cross-entropy (DS-FlexiNet eq. 5)",
+                          choices=SOFT_TARGETS),
+})
 
 
 def _check_options(reduction: str, soft_target: str) -> None:
@@ -62,9 +76,9 @@ class KDLoss:
                        self.soft_target)
 
 
-def make_kd_loss(lam: float = 0.02, T: float = 2.0, reduction: str = "mean", soft_target: str = "kl") -> KDLoss:
-    """The task loss for these KD settings (see ``KDLoss``)."""
-    return KDLoss(lam, T, reduction, soft_target)
+def kd_loss_from_config(cfg) -> KDLoss:
+    """The KD loss of a config that declares ``KD``."""
+    return KDLoss(cfg["kd_lambda"], cfg["kd_temperature"], cfg["kd_reduction"], cfg["kd_soft_target"])
 
 
 def _stack(logits_list: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -78,15 +78,20 @@ def _git(*args: str) -> str | None:
     return _run_git(*args) if _own_checkout() else None
 
 
+# What the harness itself writes into a checkout: never a reason to call the code dirty.
+OWN_OUTPUTS = ("leaderboards",)
+
+
 def git_state() -> tuple[str | None, bool | None]:
-    """(HEAD commit, whether the checkout differs from it); (None, None) when not run from a git checkout.
+    """(HEAD commit, whether the checkout's code differs from it); (None, None) when not run from a git checkout.
 
     Untracked, non-ignored files count as dirty: a new system module changes results as much as an edit does.
+    The harness's own outputs (the leaderboards a run appends to) do not.
     """
     commit = _git("rev-parse", "HEAD")
     if commit is None:
         return None, None
-    status = _git("status", "--porcelain")
+    status = _git("status", "--porcelain", "--", ".", *(f":(exclude){p}" for p in OWN_OUTPUTS))
     return commit, None if status is None else bool(status)
 
 
@@ -111,6 +116,8 @@ def collect() -> dict:
     """Provenance fields of a leaderboard row, as they stand now in this process."""
     import torch
 
+    from bench.identity import harness_digest
+
     commit, dirty = git_state()
-    return {**_static(), "git_commit": commit, "git_dirty": dirty, "gpu_model": _gpu_model(),
-            "threads": torch.get_num_threads()}
+    return {**_static(), "harness_source": harness_digest(), "git_commit": commit, "git_dirty": dirty,
+            "gpu_model": _gpu_model(), "threads": torch.get_num_threads()}

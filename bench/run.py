@@ -1,4 +1,9 @@
-"""``bench run``: from nothing to a leaderboard row — data, every stage of a system, scoring, the board."""
+"""``bench run``: from nothing to a leaderboard row — data, every stage of a system, scoring, the board.
+
+Every run gets a folder of its own (``$ASCBENCH_HOME/runs/<system>/<time>-<profile>[-<variant>]-seed<seed>``)
+holding ``run.json`` (what ran, with which stage keys, reused or trained, and the rows it produced), the resolved
+configuration and the saved submission; rows point back to it.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from rich.console import Console
 
-from bench.data.manifest import load_manifest
+from bench.data.clips import ClipSet
+from bench.data.manifest import Manifest, load_manifest
 from bench.data.sources import resolve
 from bench.data.splits import carve_validation
-from bench.paths import DEFAULT_BOARD, data_home
-from bench.score.leaderboard import append_rows, make_row
+from bench.data.store import Store
+from bench.identity import digest_of
+from bench.paths import data_home, runs_dir
+from bench.score.leaderboard import append_rows, check_board
+from bench.score.rows import submission_row
 from bench.score.scorer import InputCache, ScoreOptions, ScoreResult, score_submission
 from bench.submission import ModelSubmission, Submission, SubmissionError, save_submission
-from bench.system import SystemSpec, config_hash, load_system
-from bench.train.stages import RunEnv, StageContext, StageError, run_stage
-
-VAL_FRACTION = 0.1
+from bench.system import RUN, SystemSpec, check_system, load_system
+from bench.train.stages import RunEnv, StageContext, StageData, StageError, StageOutcome, run_stage
 
 
 @dataclass
@@ -32,16 +40,48 @@ class RunResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
+def stage_data(store: Store, manifest: Manifest, split: str, val_fraction: float) -> StageData:
+    """A dataset's training part and its validation part: the manifest's own ``validation`` split when it has one,
+    else locations (or, without locations, clips) carved from ``split`` — never the test split."""
+    classes = tuple(manifest.classes)
+    devices = tuple(manifest.devices)
+    multilabel = manifest.multilabel
+
+    def clips(frame: pd.DataFrame) -> ClipSet:
+        return ClipSet(store, frame, classes, devices, multilabel)
+
+    train = store.split(split)
+    if manifest.validation_split and manifest.validation_split in store.info["splits"]:
+        return StageData(store, manifest, clips(train), clips(store.split(manifest.validation_split)), split)
+    fit, val = carve_validation(train, val_fraction, seed=0)
+    return StageData(store, manifest, clips(fit), clips(val), split)
+
+
+def _run_folder(spec: SystemSpec, profile: str, variant: str | None, seed: int, started: datetime) -> Path:
+    stem = f"{started:%Y%m%dT%H%M%SZ}-{profile}{'-' + variant if variant else ''}-seed{seed}"
+    folder = runs_dir() / spec.name / stem
+    n = 1
+    while folder.exists():  # two runs in the same second never share a folder
+        n += 1
+        folder = runs_dir() / spec.name / f"{stem}-{n}"
+    folder.mkdir(parents=True)
+    return folder
+
+
 def run_system(system: str | Path, data: str | None = None, profile: str = "default", seed: int = 0,
-               variant: str | None = None, board: Path | None = DEFAULT_BOARD, accelerator: str = "cpu",
+               variant: str | None = None, board: Path | None = None, accelerator: str = "cpu",
                devices: int = 1, train_split: str | None = None, progress: bool = True, num_nodes: int = 1,
                console: Console | None = None, score_options: ScoreOptions | None = None,
                splits_dir: str | None = None) -> RunResult:
     console = console or Console()
     spec = load_system(system)
+    check_system(spec)  # every profile and variant, before anything trains
+    if board is not None:
+        check_board(board)  # a board that cannot take the rows is refused now, not after training
     resolved = spec.resolve(profile, variant)
     variant = variant or spec.default_variant
     started = datetime.now(timezone.utc)
+    val_fraction = float(resolved.get("val_fraction", RUN.keys["val_fraction"].default))
 
     report = resolve(data, profile, splits_dir=splits_dir)
     store = report.store
@@ -50,33 +90,35 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     split = train_split or manifest.train_split
     if split != manifest.train_split:
         notes.append(f"trained on {split} instead of the challenge's {manifest.train_split} (asked for explicitly)")
-    train = store.split(split)
-    fit, val = carve_validation(train, float(resolved.get("val_fraction", VAL_FRACTION)), seed=0)
-    env = RunEnv(spec, profile, variant, seed, resolved, store, manifest, split, fit, val,
-                 data_home() / "cache" / "stages", accelerator, devices, num_nodes, progress, console)
-    run_dir = data_home() / "runs" / spec.name / f"{profile}{'-' + variant if variant else ''}-seed{seed}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    chash = config_hash({"resolved": resolved, "source": spec.source_hash()})
-    (run_dir / "config.json").write_text(json.dumps(
-        {"system": spec.name, "profile": profile, "variant": variant, "seed": seed, "config": resolved,
-         "config_hash": chash, "dataset": manifest.name, "dataset_fingerprint": store.fingerprint,
-         "train_split": split, "validation_locations": sorted(val["identifier"].unique()),
-         "stage_keys": {s: env.stage_key(s) for s in spec.stages}}, indent=2, default=str))
+    run_data = stage_data(store, manifest, split, val_fraction)
+
+    def external(arg: str) -> StageData:
+        other = resolve(arg).store
+        other_manifest = load_manifest(other.info["manifest"])
+        return stage_data(other, other_manifest, other_manifest.train_split, val_fraction)
+
+    env = RunEnv(spec, profile, variant, seed, resolved, run_data, data_home() / "cache" / "stages", accelerator,
+                 devices, num_nodes, progress, console, load_external=external)
+    run_dir = _run_folder(spec, profile, variant, seed, started)
     console.print(f"[bold]{spec.name}[/] ({profile}{', ' + variant if variant else ''}, seed {seed}) on "
-                  f"{manifest.name}: {len(fit)} training / {len(val)} validation clips")
+                  f"{manifest.name}: {len(run_data.fit)} training / {len(run_data.val)} validation clips; "
+                  f"run folder {run_dir}")
 
     result = RunResult(run_dir)
     previous: dict[str, dict[str, Any]] = {}
+    upstream: dict[str, str] = {}
+    outcomes: dict[str, StageOutcome] = {}
     train_wall = 0.0
     for stage in spec.stages:
-        artifacts, reused, wall = run_stage(env, stage, previous)
-        previous[stage] = artifacts
-        if reused:
+        outcome = run_stage(env, stage, previous, upstream)
+        previous[stage], upstream[stage], outcomes[stage] = outcome.artifacts, outcome.key, outcome
+        if outcome.reused:
             env.reused_stages.add(stage)
-        train_wall += 0.0 if reused else wall
-        result.stages.append({"stage": stage, "reused": reused, "wall_s": wall})
-        console.print(f"  stage [bold]{stage}[/]: " + (f"[green]cached[/] (trained earlier in {wall:.0f} s)"
-                                                       if reused else f"trained in {wall:.1f} s"))
+        train_wall += 0.0 if outcome.reused else outcome.wall_s
+        result.stages.append(_stage_record(stage, outcome))
+        console.print(f"  stage [bold]{stage}[/]: " + (f"[green]cached[/] (trained earlier in {outcome.wall_s:.0f} s "
+                                                       f"by {_who(outcome)}; all inputs unchanged)"
+                                                       if outcome.reused else f"trained in {outcome.wall_s:.1f} s"))
 
     ctx = StageContext(env, "", run_dir, previous)
     try:
@@ -86,12 +128,19 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
             submissions.update(extra(ctx))
     except Exception as exc:  # plugin code: report it, the trained stages stay cached
         raise StageError(f"{spec.name}: building the submission raised {type(exc).__name__}: {exc}") from exc
+    chash = digest_of({"resolved": resolved, "system_files": spec.files()})
+    validation = {"split": split, "fraction": val_fraction,
+                  "locations": sorted(run_data.val.frame["identifier"].dropna().unique().tolist())}
     main = submissions[""][0]
-    if isinstance(main, ModelSubmission) and main.arch:
-        save_submission(main, run_dir / "submission", {"system": spec.name, "profile": profile, "seed": seed,
-                                                       "variant": variant, "config_hash": chash})
+    if isinstance(main, ModelSubmission):
+        save_submission(main, run_dir / "submission",
+                        {"system": spec.name, "profile": profile, "seed": seed, "variant": variant,
+                         "config_hash": chash, "validation": validation, "run_dir": str(run_dir),
+                         "stages": result.stages},
+                        system_folder=spec.path)
     options = score_options or ScoreOptions(seed=seed)
     cache = InputCache()
+    stages_column = {s["stage"]: {k: v for k, v in s.items() if k != "stage"} for s in result.stages}
     for key, (sub, kind) in submissions.items():
         start = time.perf_counter()
         # teachers show the ceiling: accuracy and complexity only (they are not deployed, so no INT8 or energy)
@@ -99,18 +148,41 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
         identity = dict(submission=sub.name, system=spec.name, variant="/".join(x for x in (variant, key) if x) or None,
                         kind=kind, seed=seed, profile=profile, dataset=manifest.name,
                         dataset_fingerprint=store.fingerprint, train_split=split, config_hash=chash,
-                        notes="; ".join(notes) or None, started_at=started, wall_s_train=train_wall)
+                        notes="; ".join(notes) or None, started_at=started, wall_s_train=train_wall,
+                        run_dir=str(run_dir), stages=stages_column)
         try:
-            scored = score_submission(sub, store, manifest, manifest.test_split, val, opts, cache=cache)
+            scored = score_submission(sub, store, manifest, manifest.test_split, run_data.val.frame, opts, cache=cache)
         except SubmissionError as exc:  # a failed row, and the other submissions are still scored
-            result.rows.append(make_row(status="failed", error=str(exc), **identity))
+            result.rows.append(submission_row(identity, error=str(exc)))
             console.print(f"  [red]failed[/] {sub.name}: {exc}")
             continue
         result.results[key] = scored
-        row_notes = "; ".join(n for n in (identity["notes"], scored.row.get("notes")) if n) or None
-        result.rows.append(make_row(status="ok", **{**identity, **scored.row, "notes": row_notes}))
+        result.rows.append(submission_row(identity, scored))
         console.print(f"  scored [bold]{sub.name}[/] in {time.perf_counter() - start:.1f} s")
-    (run_dir / "scores.json").write_text(json.dumps(result.rows, indent=2, default=str))
+    (run_dir / "config.json").write_text(json.dumps({"config": resolved, "config_hash": chash}, indent=2,
+                                                    default=str))
     if board is not None:
         append_rows(board, result.rows)
+    (run_dir / "run.json").write_text(json.dumps({
+        "system": spec.name, "system_folder": str(spec.path), "profile": profile, "variant": variant, "seed": seed,
+        "dataset": manifest.name, "dataset_fingerprint": store.fingerprint, "train_split": split,
+        "validation": validation, "started_at": started.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(), "stages": result.stages,
+        "board": str(board) if board is not None else None,
+        "rows": [{"row_id": r["row_id"], "submission": r["submission"], "status": r["status"],
+                  "macro_acc": r["macro_acc"]} for r in result.rows]}, indent=2, default=str))
     return result
+
+
+def _stage_record(stage: str, outcome: StageOutcome) -> dict[str, Any]:
+    info = outcome.entry.info or {}
+    return {"stage": stage, "key": outcome.key, "reused": outcome.reused, "wall_s": outcome.wall_s,
+            "trained_by": info.get("trained_by"), "cache_dir": str(outcome.entry.dir),
+            "reasons": outcome.reasons}
+
+
+def _who(outcome: StageOutcome) -> str:
+    by = (outcome.entry.info or {}).get("trained_by") or {}
+    commit = (by.get("git_commit") or "")[:10]
+    return (f"commit {commit}" + (" + local changes" if by.get("git_dirty") else "")) if commit else \
+        f"harness {by.get('harness_source', '?')[:10]}"

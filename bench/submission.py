@@ -1,27 +1,43 @@
-"""A submission: the DCASE 2025 inference API, in-process.
+"""A submission: the DCASE 2025 inference API, in-process, as a mapping from device id to a deployed model.
 
-Inputs are built from waveforms and device ids; each device id has its own model, ids without one fall back to the
-general model; ``predict`` returns logits in a declared class order. Our trained systems, third-party checkpoints and
-(through an adapter) official inference packages all reach the scorer in this one shape.
+Inputs are built from waveforms and device ids; each device id has its own deployed model, ids without one fall back
+to the ``unknown`` entry (the general model); ``predict`` returns logits in a declared class order. Our trained
+systems, third-party checkpoints and (through an adapter) official inference packages all reach the scorer in this
+one shape.
+
+A :class:`Deployment` is one device model as deployed: its architecture (a registry name, the harness's or the
+system's own ``mysys/...``), its form — ``float32``, ``float16``, ``int8-ptq`` (static post-training quantization)
+or ``int8-qat`` (quantization-aware training) — the state it is rebuilt from (float weights, or the prepared model's
+state with its observer ranges) and, through the architecture, its front-end. :func:`save_submission` and
+:func:`load_submission` round-trip every form with bit-identical logits.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from bench.config import Key, Schema
+from bench.identity import digest_of, folder_files
 from bench.models import create_model
 from bench.models.base import SAMPLE_RATE, ASCModel
-from bench.score.quantize import rebuild_qat
+from bench.score.quantize import observe_static, rebuild_int8
 
 # The device ids the official complexity check (test_complexity.py) walks through.
 OFFICIAL_DEVICES = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10")
-GENERAL = "general"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
+UNKNOWN = "unknown"  # the fallback entry: the general model, for every device id without a model of its own
+FORMS = {"float32": torch.float32, "float16": torch.float16, "int8-ptq": torch.int8, "int8-qat": torch.int8}
+FORMAT = 2
+
+DEPLOY = Schema("deploy", {"deploy_dtype": Key(str, "float32", "dtype the float device models are deployed in",
+                                               choices=("float32", "float16"))})
 
 
 class SubmissionError(RuntimeError):
@@ -34,9 +50,11 @@ class Submission:
     name: str = "submission"
     class_order: list[str]
     sample_rate: int = SAMPLE_RATE
+    notes: list[str] = []
 
-    def load_inputs(self, waves: torch.Tensor, device_ids: Sequence[str]) -> torch.Tensor:
-        """Model-ready inputs ``[B, ...]`` for 32 kHz waveforms ``[B, T]``."""
+    def load_inputs(self, waves: torch.Tensor, device_ids: Sequence[str]) -> torch.Tensor | list[torch.Tensor]:
+        """Model-ready inputs ``[B, ...]`` for 32 kHz waveforms ``[B, T]`` (a list of per-clip tensors when device
+        models have front-ends with different output shapes)."""
         raise NotImplementedError
 
     def get_model_for_device(self, device_id: str) -> nn.Module:
@@ -47,7 +65,7 @@ class Submission:
         return torch.float32
 
     def counted_model_for_device(self, device_id: str) -> nn.Module:
-        """The float model the official check counts (for INT8 deployments: the model before conversion)."""
+        """The float model the official check counts (for INT8 deployments: the architecture before conversion)."""
         return self.get_model_for_device(device_id)
 
     def input_key(self) -> tuple | None:
@@ -62,7 +80,7 @@ class Submission:
         return self.predict_inputs(self.load_inputs(waves, device_ids), device_ids)
 
     @torch.inference_mode()
-    def predict_inputs(self, inputs: torch.Tensor, device_ids: Sequence[str]) -> torch.Tensor:
+    def predict_inputs(self, inputs: torch.Tensor | list[torch.Tensor], device_ids: Sequence[str]) -> torch.Tensor:
         """The model half of :meth:`predict`, on inputs from :meth:`load_inputs`."""
         out: torch.Tensor | None = None
         groups: dict[int, tuple[nn.Module, str, list[int]]] = {}
@@ -71,7 +89,7 @@ class Submission:
             groups.setdefault(id(model), (model, dev, []))[2].append(i)
         for model, dev, idx in groups.values():
             dtype = self.deploy_dtype(dev)
-            x = inputs[idx]
+            x = inputs[idx] if isinstance(inputs, torch.Tensor) else torch.stack([inputs[i] for i in idx])
             x = x.to(dtype) if dtype in (torch.float16, torch.bfloat16) else x
             try:
                 y = model(x).float()
@@ -79,121 +97,218 @@ class Submission:
                 raise SubmissionError(f"{self.name}: model for device {dev!r} failed on input {tuple(x.shape)}: "
                                       f"{type(exc).__name__}: {exc}") from exc
             if out is None:
-                out = torch.empty(len(inputs), y.shape[1])
+                out = torch.empty(len(device_ids), y.shape[1])
             out[idx] = y
         return out
 
 
-class ModelSubmission(Submission):
-    """Front-end + a general model + optional device-specific models (all sharing the front-end)."""
+class Deployment:
+    """One deployed device model (see the module docstring). Build with :meth:`float`, :meth:`ptq`, :meth:`qat`."""
 
-    def __init__(self, name: str, frontend: nn.Module, general: nn.Module, class_order: Sequence[str],
-                 device_models: dict[str, nn.Module] | None = None, dtype: torch.dtype = torch.float32,
-                 float_models: dict[str, nn.Module] | None = None, arch: str | None = None,
-                 arch_config: dict | None = None, qat_states: dict[str, dict] | None = None):
+    def __init__(self, arch: str, arch_config: Mapping[str, Any], form: str, state: Mapping[str, torch.Tensor],
+                 info: Mapping[str, Any] | None = None):
+        if form not in FORMS:
+            raise SubmissionError(f"deployment form {form!r} is not one of {', '.join(FORMS)}")
+        self.arch, self.arch_config, self.form = arch, dict(arch_config), form
+        self.state = {k: v.detach().clone() for k, v in state.items()}
+        self.info = dict(info or {})  # e.g. the PTQ calibration record, shown in the row's notes
+        model = create_model(arch, **self.arch_config).eval()
+        self.frontend = model.frontend
+        self.input_shape = model.input_shape()
+        if form.startswith("int8"):
+            self.float_net = model.net                 # counted: the architecture before conversion
+            self.net = rebuild_int8(model.net, torch.zeros(self.input_shape), self.state, qat=form == "int8-qat")
+        else:
+            model.net.load_state_dict(self.state)
+            self.float_net = model.net
+            self.net = model.net if form == "float32" else _cast(model.net, FORMS[form])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return FORMS[self.form]
+
+    def frontend_key(self) -> str:
+        """Equal for deployments whose front-ends compute the same features (their architecture's config)."""
+        return digest_of([self.arch, self.arch_config])
+
+    @classmethod
+    def float(cls, model: ASCModel, dtype: str = "float32") -> "Deployment":
+        """A registry model deployed as float32 or float16 (weights stored in float32, cast at load)."""
+        if dtype not in ("float32", "float16"):
+            raise SubmissionError(f"a float deployment is float32 or float16, got {dtype!r}")
+        state = {k: v.float() if v.is_floating_point() else v for k, v in model.net.state_dict().items()}
+        return cls(_arch(model), model.arch_config, dtype, state)
+
+    @classmethod
+    def ptq(cls, model: ASCModel, calibration_batches: Sequence[torch.Tensor], info: Mapping | None = None
+            ) -> "Deployment":
+        """Static INT8 post-training quantization of a registry model, observed on ``calibration_batches``
+        (features of validation clips, never test clips)."""
+        example = torch.zeros(model.input_shape())
+        observed = observe_static(model.net, calibration_batches, example)
+        return cls(_arch(model), model.arch_config, "int8-ptq", observed.state_dict(), info)
+
+    @classmethod
+    def qat(cls, model: ASCModel, prepared_state: Mapping[str, torch.Tensor]) -> "Deployment":
+        """INT8 from a QAT-fine-tuned prepared state (``bench.train.qat``) of a registry model."""
+        return cls(_arch(model), model.arch_config, "int8-qat", prepared_state)
+
+    def record(self) -> dict[str, Any]:
+        return {"arch": self.arch, "arch_config": self.arch_config, "form": self.form,
+                "input_shape": list(self.input_shape), "frontend": type(self.frontend).__name__, **self.info}
+
+
+def _arch(model: ASCModel) -> str:
+    if not model.arch_name:
+        raise SubmissionError("a deployment needs a registered architecture (bench.models.create_model, or a "
+                              "system's own register('mysys/net', ...)), so it can be rebuilt from its record")
+    return model.arch_name
+
+
+def _cast(net: nn.Module, dtype: torch.dtype) -> nn.Module:
+    return copy.deepcopy(net).to(dtype).eval()
+
+
+class ModelSubmission(Submission):
+    """Device id -> :class:`Deployment`; ``unknown`` is required and serves every device without its own entry."""
+
+    def __init__(self, name: str, class_order: Sequence[str], deployments: Mapping[str, Deployment],
+                 notes: Sequence[str] = ()):
+        if UNKNOWN not in deployments:
+            raise SubmissionError(f"{name}: needs an {UNKNOWN!r} deployment (the general model, used for every "
+                                  "device id without a model of its own)")
         self.name = name
-        self.qat_states = qat_states or {}  # for INT8 from QAT: the prepared states the INT8 models rebuild from
-        self.arch, self.arch_config = arch, dict(arch_config or {})  # registry name, to save and rebuild
-        self.frontend = frontend.eval()
-        self.general = general.eval()
-        self.device_models = {d: m.eval() for d, m in (device_models or {}).items()}
         self.class_order = list(class_order)
-        self.dtype = dtype
-        self.float_models = float_models or {}
-        for m in (self.general, *self.device_models.values()):
-            if dtype in (torch.float16, torch.bfloat16):
-                m.to(dtype)
+        self.deployments = dict(deployments)
+        self.notes = list(notes)
+
+    @classmethod
+    def single(cls, name: str, model: ASCModel, class_order: Sequence[str], form: str = "float32",
+               notes: Sequence[str] = ()) -> "ModelSubmission":
+        """One float model for every device."""
+        return cls(name, class_order, {UNKNOWN: Deployment.float(model, form)}, notes)
+
+    @classmethod
+    def per_device(cls, name: str, class_order: Sequence[str], general: ASCModel,
+                   device_models: Mapping[str, ASCModel], form: str = "float32") -> "ModelSubmission":
+        """A float general model plus float models for some devices."""
+        deployments = {UNKNOWN: Deployment.float(general, form)}
+        deployments.update({d: Deployment.float(m, form) for d, m in device_models.items()})
+        return cls(name, class_order, deployments)
+
+    def deployment(self, device_id: str) -> Deployment:
+        return self.deployments.get(device_id, self.deployments[UNKNOWN])
+
+    def unique(self) -> dict[str, Deployment]:
+        """Each distinct deployment once, keyed by the first device id that names it (``unknown`` first)."""
+        out: dict[str, Deployment] = {}
+        for dev, dep in self.deployments.items():
+            if all(dep is not d for d in out.values()):
+                out[dev] = dep
+        return out
+
+    def devices_of(self, deployment: Deployment) -> list[str]:
+        return [d for d, dep in self.deployments.items() if dep is deployment and d != UNKNOWN]
 
     @torch.inference_mode()
-    def load_inputs(self, waves: torch.Tensor, device_ids: Sequence[str]) -> torch.Tensor:
-        return self.frontend(waves.float())
+    def load_inputs(self, waves: torch.Tensor, device_ids: Sequence[str]) -> torch.Tensor | list[torch.Tensor]:
+        waves = waves.float()
+        by_frontend: dict[str, tuple[nn.Module, list[int]]] = {}
+        for i, dev in enumerate(device_ids):
+            dep = self.deployment(dev)
+            by_frontend.setdefault(dep.frontend_key(), (dep.frontend, []))[1].append(i)
+        if len(by_frontend) <= 1:
+            frontend = next(iter(by_frontend.values()))[0] if by_frontend else self.deployments[UNKNOWN].frontend
+            return frontend(waves)
+        per_clip: list[torch.Tensor | None] = [None] * len(device_ids)
+        for frontend, idx in by_frontend.values():
+            for i, x in zip(idx, frontend(waves[idx])):
+                per_clip[i] = x
+        shapes = {tuple(x.shape) for x in per_clip}
+        return torch.stack(per_clip) if len(shapes) == 1 else per_clip
 
     def input_key(self) -> tuple | None:
-        if self.arch:
-            return ("registry", self.arch, json.dumps(self.arch_config, sort_keys=True, default=str))
-        return ("frontend", id(self.frontend))
+        return ("frontends", tuple(sorted((d, dep.frontend_key()) for d, dep in self.deployments.items())))
 
     def get_model_for_device(self, device_id: str) -> nn.Module:
-        return self.device_models.get(device_id, self.general)
+        return self.deployment(device_id).net
 
     def deploy_dtype(self, device_id: str) -> torch.dtype:
-        return self.dtype
+        return self.deployment(device_id).dtype
 
     def counted_model_for_device(self, device_id: str) -> nn.Module:
-        if self.float_models:
-            return self.float_models.get(device_id, self.float_models[GENERAL])
-        return self.get_model_for_device(device_id)
+        return self.deployment(device_id).float_net
 
-    def replace_models(self, name: str, general: nn.Module, device_models: dict[str, nn.Module],
-                       dtype: torch.dtype) -> "ModelSubmission":
-        """The same submission with other weights (e.g. its INT8 conversion), keeping the float models to count."""
-        floats = self.float_models or {GENERAL: self.general, **self.device_models}
-        return ModelSubmission(name, self.frontend, general, self.class_order, device_models, dtype, floats,
-                               self.arch, self.arch_config)
-
-    @classmethod
-    def from_qat(cls, name: str, float_model: ASCModel, prepared_state: dict, class_order: Sequence[str]
-                 ) -> "ModelSubmission":
-        """INT8 deployment of a QAT-fine-tuned registry model (general model only); the float architecture is what
-        the official check counts, at 1 byte per parameter."""
-        example = torch.zeros(float_model.input_shape())
-        int8 = rebuild_qat(float_model.net, example, prepared_state)
-        return cls(name, float_model.frontend, int8, class_order, dtype=torch.int8,
-                   float_models={GENERAL: float_model.net}, arch=float_model.arch_name,
-                   arch_config=float_model.arch_config, qat_states={GENERAL: prepared_state})
-
-    @classmethod
-    def from_models(cls, name: str, general: ASCModel, class_order: Sequence[str],
-                    device_models: dict[str, ASCModel] | None = None,
-                    dtype: torch.dtype = torch.float32) -> "ModelSubmission":
-        """Build from registry models (they share the general model's front-end)."""
-        return cls(name, general.frontend, general.net, class_order,
-                   {d: m.net for d, m in (device_models or {}).items()}, dtype, arch=general.arch_name,
-                   arch_config=general.arch_config)
+    def converted(self, name: str, convert: Callable[[str, Deployment], Deployment], notes: Sequence[str] = ()
+                  ) -> "ModelSubmission":
+        """The same device routing with each distinct deployment passed through ``convert(first device id,
+        deployment)`` once (e.g. its INT8 conversion), in :meth:`unique` order."""
+        new = {id(dep): convert(dev, dep) for dev, dep in self.unique().items()}
+        return ModelSubmission(name, self.class_order, {d: new[id(dep)] for d, dep in self.deployments.items()},
+                               [*self.notes, *notes])
 
 
 # ---- on disk -------------------------------------------------------------------------------------------------------
 
-def save_submission(sub: ModelSubmission, path: Path, extra: dict | None = None) -> Path:
-    """Write ``submission.json`` + ``models.pt`` (float state dicts of the general and device models)."""
-    if not sub.arch:
-        raise SubmissionError(f"{sub.name}: cannot be saved without its registry architecture name")
+def save_submission(sub: ModelSubmission, path: Path, extra: Mapping[str, Any] | None = None,
+                    system_folder: Path | None = None) -> Path:
+    """Write ``submission.json`` (routing and one record per deployment) and ``models.pt`` (their states).
+
+    ``system_folder`` is copied into ``system/`` when a deployment uses one of the system's own architectures, so
+    the submission can be rebuilt (scored, exported, checked) without the original folder."""
+    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    dtype_name = next(k for k, v in DTYPES.items() if v == sub.dtype)
-    info = {"format": 1, "name": sub.name, "class_order": sub.class_order, "arch": sub.arch,
-            "arch_config": sub.arch_config, "deploy_dtype": dtype_name, "devices": sorted(sub.device_models),
-            "quantization": "qat-fx-x86" if sub.qat_states else None, **(extra or {})}
-    if sub.qat_states:
-        states = sub.qat_states
-    else:
-        states = {GENERAL: {k: v.float() for k, v in sub.general.state_dict().items()}}
-        states.update({d: {k: v.float() for k, v in m.state_dict().items()} for d, m in sub.device_models.items()})
-    torch.save(states, path / "models.pt")
+    unique = sub.unique()
+    ids = {id(dep): f"m{i}" for i, dep in enumerate(unique.values())}
+    info: dict[str, Any] = {
+        "format": FORMAT, "name": sub.name, "class_order": sub.class_order,
+        "devices": {dev: ids[id(dep)] for dev, dep in sub.deployments.items()},
+        "models": {ids[id(dep)]: dep.record() for dep in unique.values()}, "notes": sub.notes,
+        **dict(extra or {})}
+    if any("/" in dep.arch for dep in unique.values()):
+        if system_folder is None:
+            raise SubmissionError(f"{sub.name}: uses a system's own architecture; save it with its system_folder")
+        shutil.rmtree(path / "system", ignore_errors=True)
+        shutil.copytree(system_folder, path / "system", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        info["system_files"] = folder_files(path / "system")
+    torch.save({ids[id(dep)]: dep.state for dep in unique.values()}, path / "models.pt")
     (path / "submission.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return path
 
 
-def load_submission(path: str | Path) -> ModelSubmission:
-    """Rebuild a saved submission (weights loaded with ``weights_only=True``)."""
-    path = Path(path)
-    info_path = path / "submission.json"
+def read_info(path: str | Path) -> dict[str, Any]:
+    info_path = Path(path) / "submission.json"
     if not info_path.exists():
-        raise SubmissionError(f"{path}: no submission.json; pass a folder written by `bench run` (…/submission)")
+        raise SubmissionError(f"{path}: no submission.json; pass a folder written by `bench run` (a run folder or "
+                              "its submission/)")
     info = json.loads(info_path.read_text())
+    if info.get("format") != FORMAT:
+        raise SubmissionError(f"{info_path}: submission format {info.get('format')} (this ascbench reads format "
+                              f"{FORMAT}); re-create it with `bench run`")
+    return info
+
+
+def load_submission(path: str | Path) -> ModelSubmission:
+    """Rebuild a saved submission (weights loaded with ``weights_only=True``). A submission using its system's own
+    architectures imports the copy of the system folder saved with it — that runs the system's code."""
+    path = Path(path)
+    info = read_info(path)
+    if "system_files" in info:
+        from bench.system import import_package
+
+        if folder_files(path / "system") != info["system_files"]:
+            raise SubmissionError(f"{path / 'system'}: the system code saved with the submission was modified "
+                                  "after saving; restore it or re-create the submission")
+        import_package(path / "system")
     states = torch.load(path / "models.pt", map_location="cpu", weights_only=True)
-    if info.get("quantization") == "qat-fx-x86":
-        model = create_model(info["arch"], **info["arch_config"])
-        return ModelSubmission.from_qat(info["name"], model.eval(), states[GENERAL], info["class_order"])
     models = {}
-    frontend = None
-    for key, state in states.items():
-        model = create_model(info["arch"], **info["arch_config"])
+    for key, record in info["models"].items():
+        extra = {k: v for k, v in record.items() if k not in ("arch", "arch_config", "form", "input_shape",
+                                                              "frontend")}
         try:
-            model.net.load_state_dict(state)
-        except RuntimeError as exc:
-            raise SubmissionError(f"{path}: weights for {key!r} do not fit {info['arch']}: {exc}") from exc
-        frontend = frontend or model.frontend
-        models[key] = model.net
-    general = models.pop(GENERAL)
-    return ModelSubmission(info["name"], frontend, general, info["class_order"], models,
-                           DTYPES[info["deploy_dtype"]], arch=info["arch"], arch_config=info["arch_config"])
+            models[key] = Deployment(record["arch"], record["arch_config"], record["form"], states[key], extra)
+        except (RuntimeError, KeyError, TypeError) as exc:
+            raise SubmissionError(f"{path}: model {key} ({record['arch']}, {record['form']}) cannot be rebuilt: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+    return ModelSubmission(info["name"], info["class_order"], {d: models[m] for d, m in info["devices"].items()},
+                           info.get("notes", []))

@@ -47,7 +47,7 @@ def test_saved_submission_is_checked_per_device(tmp_path):
     torch.manual_seed(0)
     general, device_a = create_model("cpmobile_baseline"), create_model("cpmobile_baseline")
     classes = [str(i) for i in range(10)]
-    sub = ModelSubmission.from_models("x", general, classes, {"a": device_a}, dtype=torch.float16)
+    sub = ModelSubmission.per_device("x", classes, general, {"a": device_a}, "float16")
     save_submission(sub, tmp_path / "submission")
     result = runner.invoke(app, ["check", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.distill import TeacherFusion, average_logits, kd_loss, make_kd_loss
+from bench.distill import KDLoss, TeacherFusion, average_logits, kd_loss
 
 C = 10
 
@@ -58,16 +58,16 @@ def test_soft_cross_entropy_is_kl_plus_teacher_entropy(reduction, scale):
     torch.testing.assert_close(s_kl.grad, s_ce.grad)
 
 
-def test_make_kd_loss_reads_the_batch_and_validates_options():
+def test_kd_loss_module_reads_the_batch_and_validates_options():
     s, batch = _batch()
-    loss = make_kd_loss(lam=0.1, T=3.0, reduction="batchmean")
+    loss = KDLoss(lam=0.1, T=3.0, reduction="batchmean")
     torch.testing.assert_close(loss(s, batch), kd_loss(s, batch["teacher_logits"], batch["label"], 0.1, 3.0,
                                                        "batchmean"))
     assert pickle.loads(pickle.dumps(loss)) == loss          # the task is pickled for DDP spawn
     with pytest.raises(ValueError):
-        make_kd_loss(reduction="sum")
+        KDLoss(reduction="sum")
     with pytest.raises(ValueError):
-        make_kd_loss(soft_target="mse")
+        KDLoss(soft_target="mse")
 
 
 @pytest.mark.parametrize("soft_target", ["kl", "ce"])
@@ -79,7 +79,7 @@ def test_task_mixup_gives_soft_mixup(soft_target):
     torch.manual_seed(0)
     s, batch = _batch()
     perm, lam, kd_lam, T = torch.randperm(len(s)), 0.35, 0.2, 2.0
-    loss = make_kd_loss(lam=kd_lam, T=T, soft_target=soft_target)
+    loss = KDLoss(lam=kd_lam, T=T, soft_target=soft_target)
     s_task, s_ref = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
     task = lam * loss(s_task, batch) + (1 - lam) * loss(s_task, permute_batch(batch, perm))
 

@@ -26,7 +26,7 @@ def test_dsflexinet_smoke_end_to_end_and_teacher_cache_shared(tmp_path, smoke_da
 
     # A second system asking for the same teachers trains none of them.
     teacher_cache = data_home() / "cache" / "teachers"
-    before = {p: p.stat().st_mtime_ns for p in teacher_cache.glob("*/logits.pt")}
+    before = {p: p.stat().st_mtime_ns for p in teacher_cache.glob("*/artifacts.pt")}
     assert len(before) == 2
     other = tmp_path / "dsf-copy"
     shutil.copytree(SYSTEMS_DIR / "dsflexinet", other)
@@ -35,7 +35,7 @@ def test_dsflexinet_smoke_end_to_end_and_teacher_cache_shared(tmp_path, smoke_da
     second = run_system(other, str(smoke_dataset), "smoke", board=board, progress=False, variant="no_kd")
     assert not second.stages[0]["reused"]                     # a new system: its teacher stage runs ...
     assert all(r["kind"] != "teacher" for r in second.rows)  # ... but trains (and re-scores) no teacher
-    assert {p: p.stat().st_mtime_ns for p in teacher_cache.glob("*/logits.pt")} == before
+    assert {p: p.stat().st_mtime_ns for p in teacher_cache.glob("*/artifacts.pt")} == before
     assert read_board(board).set_index("submission").loc["dsflexinet-sm1", "variant"].tolist()[-1] == "no_kd"
 
 
@@ -53,9 +53,7 @@ teachers = [{ name = "from-file", model = "cpresnet_half", epochs = 0, checkpoin
 TEACHER_ONLY_PY = '''
 from bench.train.teachers import teacher_stage, teacher_submissions
 
-
-def teachers(ctx):
-    return teacher_stage(ctx)
+teachers = teacher_stage
 
 
 def submission(ctx):
@@ -82,7 +80,7 @@ def test_teacher_from_local_checkpoint(tmp_path, smoke_dataset, smoke_store):
         run_system(folder, str(smoke_dataset), "smoke", board=None, progress=False)
     (folder / "system.toml").write_text(TEACHER_ONLY.replace("CKPT", str(ckpt)))
     run_system(folder, str(smoke_dataset), "smoke", board=None, progress=False)
-    cached = torch.load(next((data_home() / "cache" / "teachers").glob("from-file-*/logits.pt")), weights_only=True)
+    cached = torch.load(next((data_home() / "cache" / "teachers").glob("from-file-*/artifacts.pt")), weights_only=True)
     reference.eval()
     with torch.inference_mode():
         expected = reference(torch.from_numpy(smoke_store.waveforms(cached["rows"].numpy())))

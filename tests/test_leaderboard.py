@@ -125,7 +125,7 @@ def test_round_trip_keeps_values_and_types(tmp_path):
     assert bool(first["compliant"]) and pd.isna(df.iloc[1]["compliant"])
     assert json.loads(first["acc_per_class"]) == {"park": 0.7}
     assert first["started_at"] == pd.Timestamp(started)
-    assert pq.read_metadata(path).schema.to_arrow_schema().metadata[lb.VERSION_KEY] == b"1"
+    assert pq.read_metadata(path).schema.to_arrow_schema().metadata[lb.VERSION_KEY] == str(lb.SCHEMA_VERSION).encode()
 
 
 def test_append_nothing_is_a_no_op(tmp_path):

@@ -220,10 +220,10 @@ def test_broken_packages_become_failed_results_with_reasons(packages, smoke_data
         outcomes = dict(zip([s.submission for s in specs], pool.map(score, specs)))
     for name, (result, seconds) in outcomes.items():
         timeout, reason = BROKEN[name]
-        assert not result.ok and reason in result.row["error"], (name, result.row["error"])
-        assert "\n" not in result.row["error"] and seconds < timeout + 10
-        make_row(**result.row)  # a valid board row
-    assert "memory limit 6 GB" in outcomes["Fragile_task1_4"][0].row["error"]
+        assert not result.ok and reason in result.error, (name, result.error)
+        assert "\n" not in result.error and seconds < timeout + 10
+        assert result.row()["status"] == "failed"  # a valid board row
+    assert "memory limit 6 GB" in outcomes["Fragile_task1_4"][0].error
 
 
 def test_failed_package_is_recorded_and_the_board_kept(packages, smoke_dataset, tmp_path):
@@ -242,8 +242,7 @@ def test_exported_submission_scores_identically_as_a_package(smoke_dataset, tmp_
     torch.manual_seed(0)
     general, device_a = create_model("cpmobile_baseline"), create_model("cpmobile_baseline")
     classes = open_dataset(smoke_dataset).manifest.classes
-    sub = ModelSubmission("cpmobile-export", general.frontend, general.net, classes, {"a": device_a.net},
-                          arch="cpmobile_baseline", arch_config=general.arch_config)
+    sub = ModelSubmission.per_device("cpmobile-export", classes, general, {"a": device_a})
     save_submission(sub, tmp_path / "run" / "submission", {"system": "cpmobile", "seed": 0})
     export = runner.invoke(app, ["export", str(tmp_path / "run"), "--package", str(tmp_path / "pkg"),
                                  "--label", "Ascb", "--data", str(smoke_dataset)])

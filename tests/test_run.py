@@ -24,14 +24,18 @@ from bench.train.stages import Interrupted, StageError
 runner = CliRunner()
 
 TINY_SYSTEM = '''
-"""A system written outside the harness: its own network class, one training stage."""
+"""A system written outside the harness: its own network, registered under its namespace, one training stage."""
 import os
 import torch
 from torch import nn
+from bench.config import Key, reads
+from bench.models import MODEL, register
 from bench.models.base import ASCModel
 from bench.models.frontends import TorchaudioLogMel
 from bench.submission import ModelSubmission
-from bench.train.task import ClassifierTask, OptimConfig
+from bench.train.task import OPTIM, ClassifierTask, OptimConfig
+
+SWITCHES = {name: Key(bool, False) for name in ("explode", "nan", "nan_logits", "broken_submission")}
 
 
 class TinyNet(nn.Module):
@@ -42,6 +46,13 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.fc(self.conv(x).flatten(1))
+
+
+def build(n_classes):
+    return ASCModel(TorchaudioLogMel(n_mels=32, n_fft=512, win_length=512, hop_length=1000), TinyNet(n_classes))
+
+
+register("tiny/net", build, n_classes=10)
 
 
 class Tripwire(ClassifierTask):
@@ -61,30 +72,26 @@ def nan_loss(logits, batch):
     return torch.nn.functional.cross_entropy(logits, batch["label"]) * float("nan")
 
 
-def make(n_classes):
-    torch.manual_seed(0)
-    return ASCModel(TorchaudioLogMel(n_mels=32, n_fft=512, win_length=512, hop_length=1000), TinyNet(n_classes))
-
-
+@reads(MODEL, OPTIM, extra=SWITCHES)
 def train(ctx):
-    if ctx.config.get("explode"):
+    if ctx.config["explode"]:
         raise RuntimeError("exploded on purpose")
-    model = make(len(ctx.classes))
-    optim = OptimConfig.from_dict(ctx.config)
-    task = Tripwire(model, optim, loss=nan_loss) if ctx.config.get("nan") else Tripwire(model, optim)
+    model = ctx.create_model(seed=0)
+    optim = OptimConfig.from_config(ctx.config)
+    task = Tripwire(model, optim, loss=nan_loss) if ctx.config["nan"] else Tripwire(model, optim)
     ctx.fit(task, ctx.clips("fit"), ctx.clips("val"))
     return {"model": model.state_dict()}
 
 
+@reads(MODEL, extra=SWITCHES)
 def submission(ctx):
-    if ctx.config.get("broken_submission"):
+    if ctx.config["broken_submission"]:
         raise ValueError("no submission today")
-    model = make(len(ctx.classes))
-    model.load_state_dict(ctx.previous["train"]["model"])
-    if ctx.config.get("nan_logits"):
+    model = ctx.create_model(state=ctx.previous["train"]["model"])
+    if ctx.config["nan_logits"]:
         with torch.no_grad():
             model.net.fc.bias.fill_(float("nan"))
-    return ModelSubmission("tiny", model.frontend, model.net, ctx.classes)
+    return ModelSubmission.single("tiny", model, ctx.classes)
 '''
 
 TINY_TOML = '''
@@ -93,6 +100,9 @@ name = "tiny"
 description = "A tiny external system"
 citation = "none"
 stages = ["train"]
+
+[defaults]
+model = "tiny/net"
 
 [profiles.smoke.train]
 epochs = 3
@@ -139,7 +149,8 @@ def run_tiny(system, smoke_dataset, board, **kw):
 
 def test_baseline_smoke_run_then_cached_rerun(tmp_path, smoke_dataset):
     board = tmp_path / "board.parquet"
-    args = ["run", "systems/baseline", "--profile", "smoke", "--board", str(board), "--no-progress"]
+    args = ["run", "systems/baseline", "--profile", "smoke", "--board", str(board), "--no-progress",
+            "--data", str(smoke_dataset)]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     rows = read_board(board)
@@ -160,9 +171,10 @@ def test_baseline_smoke_run_then_cached_rerun(tmp_path, smoke_dataset):
     assert len(again) == 4
     assert again.iloc[2]["macro_acc"] == row["macro_acc"]
 
-    sub = load_submission(Path(os.environ["ASCBENCH_HOME"]) / "runs" / "baseline" / "smoke-seed0" / "submission")
-    assert set(sub.device_models) == {"a", "b", "c", "s1", "s2", "s3"}
-    assert sub.get_model_for_device("s5") is sub.general and sub.get_model_for_device("unknown") is sub.general
+    sub = load_submission(Path(rows.iloc[0]["run_dir"]) / "submission")
+    assert set(sub.deployments) == {"unknown", "a", "b", "c", "s1", "s2", "s3"}
+    general = sub.get_model_for_device("unknown")
+    assert sub.get_model_for_device("s5") is general and sub.get_model_for_device("a") is not general
 
 
 def test_same_seed_same_weights_and_metrics(tiny_system, smoke_dataset, tmp_path, monkeypatch):
@@ -234,7 +246,7 @@ def test_system_folder_errors(tmp_path, tiny_system):
         load_system(tmp_path / "empty")
     toml = tiny_system / "system.toml"
     toml.write_text(TINY_TOML.replace('citation = "none"', 'citation = "none"\ncolour = "red"'))
-    with pytest.raises(SystemError_, match="unknown key system.colour"):
+    with pytest.raises(SystemError_, match=r"\[system\] colour: unknown key"):
         load_system(tiny_system)
     toml.write_text(TINY_TOML.replace('stages = ["train"]', 'stages = "train"'))
     with pytest.raises(SystemError_, match="system.stages must be a list"):

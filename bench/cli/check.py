@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from bench.cli.app import app
+from bench.cli.output import err, out, print_json
+from bench.packages.export import submission_dir
+from bench.packages.loader import PackageError
+from bench.runs import find_run
 from bench.score.complexity import (MAX_MACS, MAX_PARAM_BYTES, ComplexityError, DeviceModel, SubmissionComplexity,
                                     count_devices)
 from bench.score.scorer import official_complexity
 from bench.submission import SubmissionError, load_submission
-
-console = Console(soft_wrap=True)
+from bench.system import SystemError_
 
 
 def _from_callable(target: str, input_shape: str, dtype: str) -> SubmissionComplexity:
@@ -26,18 +27,20 @@ def _from_callable(target: str, input_shape: str, dtype: str) -> SubmissionCompl
     sys.path.insert(0, str(Path.cwd()))
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # whatever importing the user's module raises: cannot count
         raise SubmissionError(f"{target}: cannot import ({type(exc).__name__}: {exc})") from exc
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:
+        raise SubmissionError(f"{target}: calling it raised {type(exc).__name__}: {exc}") from exc
     shape = tuple(int(x) for x in input_shape.split(","))
     return count_devices({"all": DeviceModel(model, shape, dtype)})
 
 
 def _load(target: str, input_shape: Optional[str], dtype: str) -> SubmissionComplexity:
-    path = Path(target)
+    path = find_run(target)
     if path.is_dir():
-        folder = path if (path / "submission.json").exists() else path / "submission"
-        return official_complexity(load_submission(folder))
+        return official_complexity(load_submission(submission_dir(path)))
     if ":" in target:
         if not input_shape:
             raise SubmissionError(f"{target}: a module:callable target needs --input-shape, e.g. 1,1,256,65")
@@ -54,14 +57,14 @@ def check(target: str = typer.Argument(..., help="a trained submission or run fo
     """Count MACs and parameter bytes per device model exactly like the DCASE 2025 check; exit 1 on a violation."""
     try:
         result = _load(target, input_shape, dtype)
-    except (SubmissionError, ComplexityError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+    except (SubmissionError, ComplexityError, SystemError_, PackageError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/] cannot count: {exc}")
         raise typer.Exit(2)
     if as_json:
-        out = {**result.official_json(), "compliant": result.compliant,
-               "limits": {"MACs": MAX_MACS, "Params": MAX_PARAM_BYTES},
-               "reasons": {d: r.reasons for d, r in result.per_device.items() if r.reasons}}
-        print(json.dumps(out, indent=2))
+        print_json({**result.official_json(), "compliant": result.compliant,
+                    "limits": {"MACs": MAX_MACS, "Params": MAX_PARAM_BYTES},
+                    "dtypes": {d: r.dtype for d, r in result.per_device.items()},
+                    "reasons": {d: r.reasons for d, r in result.per_device.items() if r.reasons}})
     else:
         table = Table(title=f"{target}: limits {MAX_MACS:,} MACs and {MAX_PARAM_BYTES:,} B per device model")
         for col in ("device", "MACs", "param bytes", "dtype", "second opinions", "ok"):
@@ -70,7 +73,7 @@ def check(target: str = typer.Argument(..., help="a trained submission or run fo
             table.add_row(dev, f"{r.macs:,}", f"{r.param_bytes:,}", r.dtype,
                           f"thop {r.thop_macs or 0:,} / dispatcher {r.dispatcher_macs:,}",
                           "[green]✓[/]" if r.compliant else f"[red]✗[/] {'; '.join(r.reasons)}")
-        console.print(table)
-        console.print("[green]compliant[/]" if result.compliant else "[red]not compliant[/]")
+        out.print(table)
+        out.print("[green]compliant[/]" if result.compliant else "[red]not compliant[/]")
     if not result.compliant:
         raise typer.Exit(1)

@@ -7,67 +7,85 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from bench.cli.app import data_app
+from bench.cli.output import err, json_mode, out, print_json
 from bench.data.check import check_dataset
+from bench.data.manifest import ManifestError
 from bench.data.store import StoreError, prepare
 from bench.data.synth.generate import generate, is_complete
 from bench.data.tau import DatasetError
 from bench.paths import synth_dir
 
-console = Console(soft_wrap=True)  # long paths stay on one line (and greppable)
+MAX_LISTED = 200
 
 
 def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True)
+                    console=err.get(), transient=True)
 
 
 @data_app.command("synth")
 def synth(profile: str = typer.Option("default", help="smoke (<= 300 clips, for tests) or default"),
           seed: int = typer.Option(0, help="same seed -> byte-identical files"),
-          out: Optional[Path] = typer.Option(None, help="output folder (default: under $ASCBENCH_HOME)"),
-          force: bool = typer.Option(False, help="regenerate even if a complete copy exists")) -> None:
+          out_dir: Optional[Path] = typer.Option(None, "--out", help="output folder (default: under $ASCBENCH_HOME)"),
+          force: bool = typer.Option(False, help="regenerate even if a complete copy exists"),
+          as_json: bool = typer.Option(False, "--json", help="print what was written as JSON")) -> None:
     """Generate the embedded synthetic device-shift benchmark in the TAU 2022 development layout."""
-    out = out or synth_dir(profile, seed)
+    folder = out_dir or synth_dir(profile, seed)
     name = f"synth-{profile}"
-    if not force and is_complete(out, name, seed):
-        console.print(f"{out}: already generated ({name}, seed {seed}); use --force to regenerate")
+    report = {"dataset": name, "seed": seed, "folder": str(folder)}
+    if not force and is_complete(folder, name, seed):
+        if as_json:
+            print_json({**report, "generated": False})
+        else:
+            out.print(f"{folder}: already generated ({name}, seed {seed}); use --force to regenerate")
         return
     start = time.perf_counter()
     try:
         with progress_bar() as bar:
             task = bar.add_task(f"synth {profile}", total=None)
-            generate(name, seed, out, progress=lambda i, n: bar.update(task, completed=i, total=n))
+            generate(name, seed, folder, progress=lambda i, n: bar.update(task, completed=i, total=n))
     except Exception as exc:  # the manifest or the output folder is the usual culprit
-        console.print(f"[red]error:[/] could not generate {name} into {out}: {exc}")
+        err.print(f"[red]error:[/] could not generate {name} into {folder}: {exc}")
         raise typer.Exit(1)
-    console.print(f"wrote {name} (seed {seed}) to {out} in {time.perf_counter() - start:.1f} s")
+    seconds = time.perf_counter() - start
+    if as_json:
+        print_json({**report, "generated": True, "seconds": seconds})
+    else:
+        out.print(f"wrote {name} (seed {seed}) to {folder} in {seconds:.1f} s")
 
 
 @data_app.command("check")
 def check(data: Path = typer.Argument(..., help="dataset folder (TAU 2022 dev, TAU 2025 eval, or synthetic)"),
           manifest: Optional[str] = typer.Option(None, help="manifest name (default: detected)"),
-          splits_dir: Optional[Path] = typer.Option(None, help="folder holding split25.csv/test.csv")) -> None:
-    """Validate a dataset against its manifest; exit code 0 only when clean."""
+          splits_dir: Optional[Path] = typer.Option(None, help="folder holding split25.csv/test.csv"),
+          as_json: bool = typer.Option(False, "--json", help="print every problem as JSON")) -> None:
+    """Validate a dataset against its manifest; exit code 0 only when clean. Every problem is one line naming the
+    file (greppable in a CI log)."""
     ds, problems = check_dataset(data, manifest, splits_dir)
-    if ds is not None:
-        console.print(f"{ds.root}: {ds.name}, {len(ds.clips)} files, splits: {', '.join(ds.available_splits())}")
-    if not problems:
-        console.print("[green]clean[/]: no problems found")
-        return
-    table = Table(title=f"{len(problems)} problem(s)")
-    for col in ("kind", "where", "problem"):
-        table.add_column(col, overflow="fold")
-    for p in problems[:200]:
-        table.add_row(p.kind, p.where, p.message)
-    console.print(table)
-    if len(problems) > 200:
-        console.print(f"... and {len(problems) - 200} more")
-    raise typer.Exit(1)
+    if as_json:
+        print_json({"folder": str(ds.root if ds else data), "dataset": ds.name if ds else None,
+                    "files": len(ds.clips) if ds else None, "splits": ds.available_splits() if ds else [],
+                    "problems": [{"kind": p.kind, "where": p.where, "problem": p.message} for p in problems]})
+    else:
+        if ds is not None:
+            out.print(f"{ds.root}: {ds.name}, {len(ds.clips)} files, splits: {', '.join(ds.available_splits())}")
+        if not problems:
+            out.print("[green]clean[/]: no problems found")
+        else:
+            table = Table(title=f"{len(problems)} problem(s)")
+            for col in ("kind", "where", "problem"):
+                table.add_column(col)
+            for p in problems[:MAX_LISTED]:
+                table.add_row(p.kind, p.where, p.message)
+            out.print(table)
+            if len(problems) > MAX_LISTED:
+                out.print(f"... and {len(problems) - MAX_LISTED} more (all of them: --json)")
+    if problems:
+        raise typer.Exit(1)
 
 
 @data_app.command("prepare")
@@ -75,28 +93,34 @@ def prepare_cmd(data: Path = typer.Argument(..., help="dataset folder"),
                 splits: Optional[str] = typer.Option(None, help="comma-separated splits (default: train and test)"),
                 store: Optional[Path] = typer.Option(None, help="store folder (default: under $ASCBENCH_HOME)"),
                 manifest: Optional[str] = typer.Option(None, help="manifest name (default: detected)"),
-                splits_dir: Optional[Path] = typer.Option(None, help="folder holding the split files")) -> None:
+                splits_dir: Optional[Path] = typer.Option(None, help="folder holding the split files"),
+                as_json: bool = typer.Option(False, "--json", help="print the store's state as JSON")) -> None:
     """Decode and resample a dataset once into the packed 32 kHz int16 store (resumable)."""
     start = time.perf_counter()
     try:
-        with progress_bar() as bar:
+        with json_mode(as_json), progress_bar() as bar:
             task = bar.add_task("prepare", total=None)
             report = prepare(data, splits.split(",") if splits else None, store, manifest, splits_dir,
                              progress=lambda i, n: bar.update(task, completed=i, total=n))
-    except (DatasetError, StoreError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+    except (DatasetError, StoreError, ManifestError) as exc:
+        err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1)
     st = report.store
-    if report.reused:
-        console.print(f"{st.root}: up to date ({st.info['n']} clips)")
-        return
-    console.print(f"{st.root}: {st.info['n']} clips in {time.perf_counter() - start:.1f} s"
+    if as_json:
+        print_json({"store": str(st.root), "clips": st.info["n"], "reused": report.reused,
+                    "seconds": time.perf_counter() - start, "converted": report.converted,
+                    "failed": [str(i) for i in report.failed], "fingerprint": st.fingerprint})
+    elif report.reused:
+        out.print(f"{st.root}: up to date ({st.info['n']} clips)")
+    else:
+        out.print(f"{st.root}: {st.info['n']} clips in {time.perf_counter() - start:.1f} s"
                   + (f" (resumed after {report.resumed_chunks} finished chunks)" if report.resumed_chunks else ""))
-    for kind, count in sorted(report.converted.items()):
-        console.print(f"[yellow]warning:[/] {count} clip(s) converted ({kind}); `bench data check` lists them")
-    for issue in report.failed[:20]:
-        console.print(f"[red]unusable:[/] {issue}")
-    if report.failed:
-        console.print(f"[red]{len(report.failed)} clip(s) could not be decoded[/]; they are flagged in the store and "
+        for kind, count in sorted(report.converted.items()):
+            out.print(f"[yellow]warning:[/] {count} clip(s) converted ({kind}); `bench data check` lists them")
+        for issue in report.failed[:20]:
+            out.print(f"[red]unusable:[/] {issue}")
+        if report.failed:
+            out.print(f"[red]{len(report.failed)} clip(s) could not be decoded[/]; they are flagged in the store and "
                       "skipped by loaders. Fix or re-download them and run prepare again.")
+    if report.failed:
         raise typer.Exit(1)

@@ -13,11 +13,11 @@ from typing import Annotated
 
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from bench.cli.app import app
-from bench.paths import DEFAULT_BOARD
+from bench.cli.output import out
+from bench.paths import board_path
 from bench.score.leaderboard import JSON_COLUMNS, KINDS, BoardError, filter_board, rank_board, read_board
 
 Format = Enum("Format", {name: name for name in ("table", "csv", "markdown", "json")}, type=str)
@@ -31,16 +31,19 @@ TEXT_COLUMNS = ("submission / system", "variant", "kind", "compliant")  # left-a
 
 @app.command("leaderboard")
 def leaderboard(
-    board: Annotated[Path, typer.Argument(help="Leaderboard Parquet file.")] = DEFAULT_BOARD,
+    board: Annotated[str, typer.Argument(help="A board NAME (leaderboards/NAME.parquet; 'main' is the reference "
+                                              "board shipped with ascbench) or a .parquet path.")] = "local",
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     system: Annotated[str | None, typer.Option(help="Only rows of this system.")] = None,
     profile: Annotated[str | None, typer.Option(help="Only rows scored on this dataset profile.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Only rows scored on this dataset.")] = None,
     kind: Annotated[Kind | None, typer.Option(help="Only rows of this kind.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also write a Pareto plot (PNG) of the shown rows here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
     """Rank scored submissions by macro accuracy, with complexity, INT8, energy and compliance."""
-    df = _load(board)
+    fmt = Format.json if as_json else fmt
+    df = _load(board_path(board, reading=True), board)
     df = rank_board(filter_board(df, system=system, profile=profile, dataset=dataset,
                                  kind=kind.value if kind else None))
     if plot is not None:
@@ -56,11 +59,12 @@ def leaderboard(
         typer.echo({Format.markdown: markdown, Format.csv: csv, Format.json: records_json}[fmt](df))
 
 
-def _load(board: Path) -> pd.DataFrame:
+def _load(board: Path, arg: str) -> pd.DataFrame:
     """The board, or a one-line explanation and exit code 1."""
     if not board.is_file():
-        typer.echo(f"No leaderboard at {board}; create one by scoring a system: `bench run <system>` appends to it.",
-                   err=True)
+        hint = " (the reference results: `bench leaderboard main`)" if arg == "local" else ""
+        typer.echo(f"No leaderboard at {board}; create one by scoring a system: `bench run <system>` appends to it"
+                   f"{hint}.", err=True)
         raise typer.Exit(1)
     try:
         return read_board(board)
@@ -145,10 +149,7 @@ def _print_table(df: pd.DataFrame) -> None:
         table.add_column(column, justify="left" if column in TEXT_COLUMNS else "right")
     for row, teacher in zip(rows, df["is_teacher"].fillna(False)):
         table.add_row(*row.values(), style="italic magenta" if teacher else None)
-    console = Console()
-    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
-        console = Console(width=250)
-    console.print(table)
+    out.print(table)
 
 
 def markdown(df: pd.DataFrame) -> str:

@@ -1,4 +1,4 @@
-"""``bench run`` and ``bench systems``."""
+"""``bench run``, ``bench systems`` and ``bench runs``."""
 
 from __future__ import annotations
 
@@ -7,20 +7,23 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from bench.cli.app import app
+from bench.cli.output import err, json_mode, out, print_json
+from bench.config import ConfigError
 from bench.data.store import StoreError
 from bench.data.tau import DatasetError
-from bench.paths import DEFAULT_BOARD, SYSTEMS_DIR
+from bench.paths import board_path, system_search_roots
 from bench.run import RunResult, run_system
+from bench.runs import list_runs
 from bench.score.leaderboard import BoardError
 from bench.submission import SubmissionError
-from bench.system import SystemError_, discover
+from bench.system import SystemError_, check_system, discover
 from bench.train.stages import Interrupted, StageError
 
-console = Console(soft_wrap=True)
+RUN_ERRORS = (SystemError_, ConfigError, DatasetError, StoreError, StageError, SubmissionError, BoardError,
+              Interrupted)
 
 
 def _pct(x) -> str:
@@ -51,19 +54,29 @@ def summary_table(result: RunResult) -> Table:
                               else (r.get("int8_error") or "-") for r in rows])
     line("energy J/clip", ["-" if r.get("energy_j_per_clip") is None else
                            f"{r['energy_j_per_clip']:.4f} ({r['energy_method']})" for r in rows])
-    line("analytic µJ/clip", [f"{r['analytic_energy_uj_per_clip']:.1f}" for r in rows])
+    line("analytic µJ/clip", ["-" if r.get("analytic_energy_uj_per_clip") is None else
+                              f"{r['analytic_energy_uj_per_clip']:.1f}" for r in rows])
     line("compliant", ["[green]✓[/]" if r["compliant"] else f"[red]✗[/] {r['compliance_reasons']}" for r in rows])
     return table
 
 
+def _row_summary(row: dict) -> dict:
+    keys = ("row_id", "submission", "variant", "kind", "status", "error", "macro_acc", "macro_acc_ci_low",
+            "macro_acc_ci_high", "acc_known", "acc_unseen", "max_macs", "max_param_bytes", "deploy_dtype",
+            "compliant", "compliance_reasons", "int8_macro_acc", "int8_size_bytes", "notes")
+    return {k: row[k] for k in keys}
+
+
 @app.command("run")
-def run(system: str = typer.Argument(..., help="system folder (e.g. systems/baseline) or a name under systems/"),
+def run(system: str = typer.Argument(..., help="system folder (e.g. systems/baseline) or the name of a shipped "
+                                               "system"),
         data: Optional[str] = typer.Option(None, help="dataset folder, or 'synth' for the embedded benchmark "
                                                       "(default)"),
         profile: str = typer.Option("default", help="smoke | default | paper"),
         seed: int = typer.Option(0, help="training seed"),
         variant: Optional[str] = typer.Option(None, help="a [variants.NAME] of the system (ablations)"),
-        board: Path = typer.Option(DEFAULT_BOARD, help="leaderboard Parquet file to append to"),
+        board: str = typer.Option("local", help="leaderboard: a NAME (leaderboards/NAME.parquet) or a .parquet "
+                                                "path; 'none' appends nowhere"),
         accelerator: str = typer.Option("cpu", help="cpu | gpu"),
         devices: int = typer.Option(1, help="processes/GPUs per node for Lightning DDP"),
         num_nodes: int = typer.Option(1, help="nodes for multi-node DDP (launch on each node with MASTER_ADDR, "
@@ -72,32 +85,86 @@ def run(system: str = typer.Argument(..., help="system folder (e.g. systems/base
                                                              "anything else is recorded with the results)"),
         splits_dir: Optional[str] = typer.Option(None, help="folder holding split25.csv/test.csv when they are not "
                                                             "next to the data"),
-        progress: bool = typer.Option(True, help="show training progress bars")) -> None:
+        progress: bool = typer.Option(True, help="show training progress bars"),
+        as_json: bool = typer.Option(False, "--json", help="print the run (folder, stages, rows) as JSON")) -> None:
     """Train every stage of a system, score it, and append the result to the leaderboard."""
-    try:
-        result = run_system(system, data, profile, seed, variant, board, accelerator, devices, train_split,
-                            progress, num_nodes, console, splits_dir=splits_dir)
-    except (SystemError_, DatasetError, StoreError, StageError, SubmissionError, BoardError, Interrupted) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(130 if isinstance(exc, Interrupted) else 1)
-    ok = [r for r in result.rows if r["status"] == "ok"]
-    if ok:
-        console.print(summary_table(RunResult(result.run_dir, rows=ok)))
-    console.print(f"appended {len(result.rows)} row(s) to {board}; run folder {result.run_dir}")
+    target = None if board == "none" else board_path(board)
+    with json_mode(as_json):
+        try:
+            result = run_system(system, data, profile, seed, variant, target, accelerator, devices, train_split,
+                                progress and not as_json, num_nodes, err.get() if as_json else out.get(),
+                                splits_dir=splits_dir)
+        except RUN_ERRORS as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(130 if isinstance(exc, Interrupted) else 1)
+        ok = [r for r in result.rows if r["status"] == "ok"]
+        if ok and not as_json:
+            out.print(summary_table(RunResult(result.run_dir, rows=ok)))
+        where = f"appended {len(result.rows)} row(s) to {target}" if target else "no board (--board none)"
+        (err if as_json else out).print(f"{where}; run folder {result.run_dir}")
+    if as_json:
+        print_json({"run_dir": str(result.run_dir), "board": str(target) if target else None,
+                    "stages": result.stages, "rows": [_row_summary(r) for r in result.rows]})
     if len(ok) < len(result.rows):
         raise typer.Exit(1)
 
 
 @app.command("systems")
-def systems(root: Path = typer.Option(SYSTEMS_DIR, help="folder to search for system folders")) -> None:
-    """List the systems found (folders with a system.toml)."""
-    table = Table(title=f"systems in {root}")
-    for col in ("name", "stages", "profiles", "variants", "description"):
-        table.add_column(col, overflow="fold")
-    for item in discover(root):
+def systems(root: Optional[Path] = typer.Option(None, help="folder to search for system folders (default: "
+                                                           "./systems and the shipped systems)"),
+            check: bool = typer.Option(False, "--check", help="import each system and validate every profile and "
+                                                              "variant against the keys its stages declare"),
+            as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List the systems found (folders with a system.toml); with --check, validate them (exit 1 on an error)."""
+    records = []
+    for item in discover([root] if root else None):
         if isinstance(item, tuple):
-            table.add_row(item[0].name, "", "", "", f"[red]does not load:[/] {item[1]}")
-        else:
-            table.add_row(item.name, " → ".join(item.stages), ", ".join(item.profiles),
-                          ", ".join(sorted(item.variants)), item.description)
-    console.print(table)
+            records.append({"name": item[0].name, "path": str(item[0]), "error": item[1]})
+            continue
+        record = {"name": item.name, "path": str(item.path), "stages": item.stages,
+                  "profiles": list(item.profiles), "variants": sorted(item.variants),
+                  "description": item.description, "error": None}
+        if check:
+            try:
+                record["checked"] = check_system(item)
+            except SystemError_ as exc:
+                record["error"] = str(exc)
+        records.append(record)
+    failed = any(r["error"] for r in records)
+    if as_json:
+        print_json(records)
+    else:
+        roots = ", ".join(str(r) for r in ([root] if root else system_search_roots()))
+        table = Table(title=f"systems in {roots}")
+        for col in ("name", "stages", "profiles", "variants", "status"):
+            table.add_column(col)
+        for r in records:
+            status = f"[red]{r['error']}[/]" if r["error"] else (
+                f"[green]ok[/] ({r['checked']} profile/variant combinations)" if check else r["description"])
+            table.add_row(r["name"], " → ".join(r.get("stages", [])), ", ".join(r.get("profiles", [])),
+                          ", ".join(r.get("variants", [])), status)
+        out.print(table)
+    if failed and check:
+        raise typer.Exit(1)
+
+
+@app.command("runs")
+def runs(system: Optional[str] = typer.Option(None, help="only runs of this system"),
+         as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List the runs made on this machine (newest first): system, profile, variant, seed, stages, rows."""
+    records = list_runs(system)
+    if as_json:
+        print_json(records)
+        return
+    if not records:
+        out.print("no runs yet; `bench run SYSTEM` makes one")
+        return
+    table = Table(title="runs")
+    for col in ("started", "system", "profile", "variant", "seed", "stages (key, reused)", "rows", "folder"):
+        table.add_column(col)
+    for r in records:
+        stages = ", ".join(f"{s['stage']} {s['key'][:8]}{' (cached)' if s['reused'] else ''}" for s in r["stages"])
+        rows = ", ".join(f"{x['submission']} {_pct(x['macro_acc'])}" for x in r["rows"])
+        table.add_row(r["started_at"][:19], r["system"], r["profile"], r["variant"] or "-", str(r["seed"]), stages,
+                      rows, r["run_dir"])
+    out.print(table)

@@ -21,7 +21,7 @@ class ClipDataset(Dataset):
     """Clips (rows of a store split) with labels, device ids and optional per-clip extras (e.g. teacher logits)."""
 
     def __init__(self, store: Store, clips: pd.DataFrame, devices: list[str],
-                 extras: dict[str, np.ndarray] | None = None):
+                 extras: dict[str, np.ndarray] | None = None, targets: np.ndarray | None = None):
         self.store = store
         self.rows = clips["row"].to_numpy()
         self.labels = torch.tensor(clips["label"].to_numpy(copy=True), dtype=torch.long)
@@ -29,6 +29,8 @@ class ClipDataset(Dataset):
         self.device_names = clips["device"].tolist()
         self.device_idx = torch.as_tensor([vocab.get(d, -1) for d in self.device_names], dtype=torch.long)
         self.extras = {k: torch.as_tensor(v) for k, v in (extras or {}).items()}
+        if targets is not None:  # multi-hot labels of a multi-label dataset
+            self.extras["target"] = torch.as_tensor(targets, dtype=torch.float32)
         for k, v in self.extras.items():
             if len(v) != len(self.rows):
                 raise ValueError(f"extra {k!r} has {len(v)} rows for {len(self.rows)} clips")

@@ -39,6 +39,8 @@ class Manifest:
     splits: dict[str, SplitSpec] = field(default_factory=dict)
     train_split: str | None = None
     test_split: str | None = None
+    validation_split: str | None = None  # a dataset's own validation part (else one is carved from train_split)
+    multilabel: bool = False             # clips carry several labels (a pre-training corpus), not one scene
     audio: dict[str, Any] = field(default_factory=dict)
     generator: dict[str, Any] = field(default_factory=dict)
     irs: dict[str, Any] = field(default_factory=dict)
@@ -60,8 +62,8 @@ class Manifest:
         return set(self.devices)
 
 
-_KEYS = {"name", "layout", "title", "classes", "devices", "training_devices", "reference_device", "meta", "splits", "train_split",
-         "test_split", "audio", "generator", "irs", "notes"}
+_KEYS = {"name", "layout", "title", "classes", "devices", "training_devices", "reference_device", "meta", "splits",
+         "train_split", "test_split", "validation_split", "multilabel", "audio", "generator", "irs", "notes"}
 
 
 class ManifestError(ValueError):
@@ -81,7 +83,7 @@ def parse_manifest(data: dict[str, Any], path: Path | None = None) -> Manifest:
         raise ManifestError(f"{where}: device roles must be one of {ROLES}, got {bad_roles}")
     splits = {name: SplitSpec(name, s["file"], s.get("rows"), dict(s.get("devices", {})))
               for name, s in data.get("splits", {}).items()}
-    for key in ("train_split", "test_split"):
+    for key in ("train_split", "test_split", "validation_split"):
         if data.get(key) and data[key] not in splits:
             raise ManifestError(f"{where}: {key} {data[key]!r} is not one of the splits {sorted(splits)}")
     meta = data.get("meta") or {}
@@ -91,14 +93,15 @@ def parse_manifest(data: dict[str, Any], path: Path | None = None) -> Manifest:
         training_devices=tuple(data.get("training_devices", ())),
         reference_device=data.get("reference_device", "a"), meta_file=meta.get("file"),
         meta_rows=meta.get("rows"), splits=splits, train_split=data.get("train_split"),
-        test_split=data.get("test_split"), audio=dict(data.get("audio", {})),
+        test_split=data.get("test_split"), validation_split=data.get("validation_split"),
+        multilabel=bool(data.get("multilabel", False)), audio=dict(data.get("audio", {})),
         generator=dict(data.get("generator", {})), irs=dict(data.get("irs", {})), notes=data.get("notes", ""),
         path=path)
 
 
 def load_manifest(name_or_path: str | Path) -> Manifest:
-    """Load ``data_manifests/<name>.json`` or an explicit JSON path."""
-    path = Path(name_or_path)
+    """Load ``data_manifests/<name>.json`` or an explicit JSON path (a dataset may carry its own manifest)."""
+    path = Path(name_or_path).expanduser()
     if path.suffix != ".json":
         path = MANIFEST_DIR / f"{name_or_path}.json"
     if not path.exists():

@@ -14,15 +14,19 @@ def carve_validation(train: pd.DataFrame, fraction: float = 0.1, seed: int = 0) 
     """Split ``train`` into (fit, validation) by location, per scene, so no location is in both.
 
     Each scene gives ``round(fraction * its locations)`` locations (at least one when it has two or more).
-    All recordings of a chosen location, on every device, go to validation.
+    All recordings of a chosen location, on every device, go to validation. A corpus without locations (or
+    without scene labels) is split by clip (in one group).
     """
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
-    if train["identifier"].isna().any():
-        raise ValueError("training clips without a location identifier cannot be split by location")
+    if train["identifier"].isna().all():
+        train = train.assign(identifier=train["filename"])
+    elif train["identifier"].isna().any():
+        raise ValueError("some training clips have no location identifier; they cannot be split by location")
+    groups = train.groupby("scene_label", sort=True) if train["scene_label"].notna().all() else [(None, train)]
     rng = np.random.default_rng(seed)
     chosen: set[str] = set()
-    for _, group in train.groupby("scene_label", sort=True):
+    for _, group in groups:
         locations = np.array(sorted(group["identifier"].unique()))
         k = int(round(fraction * len(locations)))
         k = max(k, 1) if len(locations) >= 2 else 0

@@ -52,7 +52,8 @@ def content_fingerprint(name: str, index: pd.DataFrame, chunk_digests: list[str]
     """Identity of the data: the decoded 32 kHz audio, the labels, devices and split memberships. The same data
     copied to another machine has the same fingerprint."""
     h = hashlib.sha256(name.encode())
-    cols = ["filename", "scene_label", "identifier", "device", "ok", *[f"in_{s}" for s in sorted(splits)]]
+    labels = ["labels"] if "labels" in index.columns else []  # multi-label corpora
+    cols = ["filename", "scene_label", *labels, "identifier", "device", "ok", *[f"in_{s}" for s in sorted(splits)]]
     h.update(index[cols].to_csv(index=False).encode())
     for d in chunk_digests:
         h.update(d.encode())
@@ -103,7 +104,8 @@ def prepare(root: str | Path, splits: list[str] | None = None, store_dir: Path |
     """Convert the clips of ``splits`` (default: the manifest's train and test splits) into a store."""
     dataset = open_dataset(root, manifest, splits_dir)
     if splits is None:
-        splits = [s for s in (dataset.manifest.train_split, dataset.manifest.test_split) if s]
+        m = dataset.manifest
+        splits = [s for s in (m.train_split, m.validation_split, m.test_split) if s]
     missing = [s for s in splits if s not in dataset.split_files]
     if missing:
         raise DatasetError(f"{dataset.root}: split file(s) for {missing} not found; place "

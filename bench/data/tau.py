@@ -48,6 +48,9 @@ class Dataset:
             if name not in self.split_files:
                 raise DatasetError(f"{self.root}: split {name!r} not found (expected {self._split_hint(name)}); "
                                    f"available: {', '.join(self.available_splits()) or 'none'}")
+            if self.manifest.layout == "clips":  # one meta file; a column says which part each clip is in
+                self._splits[name] = self.clips[self.clips["split"] == name].reset_index(drop=True)
+                return self._splits[name]
             listed = read_table(self.split_files[name])
             rows = self.clips.set_index("filename").reindex(listed["filename"])
             missing = rows.index[rows["device"].isna()].tolist()
@@ -78,7 +81,9 @@ def read_table(path: Path) -> pd.DataFrame:
 def detect_manifest(root: Path) -> Manifest:
     marker = root / MARKER
     if marker.exists():
-        return load_manifest(json.loads(marker.read_text())["manifest"])
+        name = json.loads(marker.read_text())["manifest"]
+        local = root / name if str(name).endswith(".json") else None  # a dataset may ship its own manifest
+        return load_manifest(local if local is not None and local.exists() else name)
     if (root / "meta.csv").exists():
         return load_manifest("tau22-dev")
     if (root / "evaluation_setup" / "fold1_test.csv").exists():
@@ -109,6 +114,39 @@ def _label_clips(df: pd.DataFrame, manifest: Manifest, problems: list[str], sour
         df["identifier"] = None
         df["city"] = None
     return df
+
+
+def _read_clips_layout(root: Path, manifest: Manifest, problems: list[str]) -> pd.DataFrame:
+    """The generic layout of a non-TAU corpus: ``meta.csv`` (tab-separated) with ``filename``, ``labels`` (names
+    separated by ``;``) or ``scene_label``, ``split`` (one of the manifest's splits) and optionally ``identifier``
+    and ``device``."""
+    meta_path = root / (manifest.meta_file or "meta.csv")
+    if not meta_path.exists():
+        raise DatasetError(f"{meta_path}: missing; the clips layout needs meta.csv (filename, labels, split)")
+    clips = read_table(meta_path)
+    label_column = "labels" if manifest.multilabel else "scene_label"
+    need = {label_column, "split"} - set(clips.columns)
+    if need:
+        raise DatasetError(f"{meta_path}: missing column(s) {sorted(need)}; expected filename, {label_column}, split")
+    unknown_split = sorted(set(clips["split"]) - set(manifest.splits))
+    if unknown_split:
+        raise DatasetError(f"{meta_path}: split value(s) {unknown_split} are not the manifest's splits "
+                           f"{sorted(manifest.splits)}")
+    if "device" not in clips.columns:
+        clips["device"] = UNKNOWN_DEVICE
+    if manifest.multilabel:
+        names = {n for value in clips["labels"].fillna("") for n in value.split(";") if n}
+        unknown = sorted(names - set(manifest.classes))
+        if unknown:
+            raise DatasetError(f"{meta_path}: labels not in the manifest's classes: {unknown[:10]}")
+        clips["scene_label"] = None
+        clips["label"] = -1
+        clips["role"] = clips["device"].map(manifest.role)
+        if "identifier" not in clips.columns:
+            clips["identifier"] = None
+        clips["city"] = None
+        return clips
+    return _label_clips(clips, manifest, problems, meta_path)
 
 
 def _find_split_files(root: Path, manifest: Manifest, splits_dir: Path | None) -> dict[str, Path]:
@@ -154,9 +192,15 @@ def open_dataset(root: str | Path, manifest: Manifest | str | None = None,
             raise DatasetError(f"{listing}: no 'device_id' column (columns: {list(clips.columns)})")
         clips = clips.rename(columns={"device_id": "device"})[["filename", "device"]]
         clips = _label_clips(clips, manifest, problems, listing)
+    elif manifest.layout == "clips":
+        clips = _read_clips_layout(root, manifest, problems)
     else:
         raise DatasetError(f"manifest {manifest.name!r} has layout {manifest.layout!r}, which is not an audio dataset")
     dupes = clips["filename"][clips["filename"].duplicated()]
     if len(dupes):
         raise DatasetError(f"{root}: file list names {len(dupes)} file(s) twice, e.g. {dupes.iloc[0]}")
+    if manifest.layout == "clips":
+        meta_path = root / (manifest.meta_file or "meta.csv")
+        split_files = {name: meta_path for name in manifest.splits if (clips["split"] == name).any()}
+        return Dataset(root, manifest, clips.reset_index(drop=True), split_files, problems)
     return Dataset(root, manifest, clips.reset_index(drop=True), _find_split_files(root, manifest, splits_dir), problems)

@@ -5,7 +5,7 @@ Layout written under DEST::
     pyproject.toml                      # declares ascbench (the model code) as a dependency
     <Label>_task1/__init__.py
     <Label>_task1/<Label>_task1_<k>.py  # exported_module.py, verbatim: load_model, load_inputs, ...
-    <Label>_task1/ckpts/<Label>_task1_<k>/{submission.json, models.pt}
+    <Label>_task1/ckpts/<Label>_task1_<k>/{submission.json, models.pt, system/ (when it has its own code)}
     <Label>_task1/resources/{__init__.py, dummy.wav, test.csv}
 
 The module holds no model code: it rebuilds the submission with ``bench.submission.load_submission``. Exporting
@@ -45,7 +45,7 @@ dependencies = ["ascbench", "torch", "torchaudio", "numpy", "soundfile"]
 include = ["{name}*"]
 
 [tool.setuptools.package-data]
-"{name}" = ["ckpts/*/*"]
+"{name}" = ["ckpts/**/*"]
 "{name}.resources" = ["*.wav", "*.csv"]
 """
 
@@ -90,6 +90,9 @@ def export_package(run: Path, dest: Path, label: str | None = None, index: int =
     checkpoint.mkdir(parents=True, exist_ok=True)
     for file in ("submission.json", "models.pt"):
         shutil.copy2(source / file, checkpoint / file)
+    if (source / "system").is_dir():  # a system's own architectures travel with the package
+        shutil.rmtree(checkpoint / "system", ignore_errors=True)
+        shutil.copytree(source / "system", checkpoint / "system")
     shutil.copy2(MODULE_SOURCE, module)
     (package / "__init__.py").write_text(f'"""{name}: DCASE 2025 Task 1 inference package exported by ascbench."""\n')
     (package / "resources" / "__init__.py").parent.mkdir(exist_ok=True)

@@ -17,7 +17,7 @@ from torch import nn
 
 from bench.data.audio import read_clip
 from bench.data.store import to_int16
-from bench.submission import GENERAL, ModelSubmission, load_submission
+from bench.submission import ModelSubmission, load_submission
 
 CHECKPOINT = Path(__file__).resolve().parent / "ckpts" / Path(__file__).stem
 BATCH_SIZE = 64  # ascbench's scoring batch: the same clips share a batch, so the same arithmetic runs
@@ -28,8 +28,8 @@ def load_model(model_file_path: Optional[str] = None) -> ModelSubmission:
     """The packaged submission, or the one in ``model_file_path`` (its folder or a file inside it)."""
     path = Path(model_file_path) if model_file_path else CHECKPOINT
     model = load_submission(path if path.is_dir() else path.parent)
-    # the official evaluate_submission.py saves ``model.model.state_dict()``
-    model.model = nn.ModuleDict({GENERAL: model.general, **model.device_models})
+    # the official evaluate_submission.py saves ``model.model.state_dict()``: every distinct device model
+    model.model = nn.ModuleDict({device: dep.net for device, dep in model.unique().items()})
     return model
 
 
@@ -39,14 +39,15 @@ def _waveforms(file_paths: Sequence[str]) -> torch.Tensor:
 
 
 def load_inputs(file_paths: List[str], device_ids: List[str], model: ModelSubmission) -> List[torch.Tensor]:
-    """One ``[1, 1, n_mels, frames]`` feature tensor per file: the input of the counted device model."""
+    """One ``[1, ...]`` feature tensor per file (e.g. ``[1, 1, n_mels, frames]``): the input of its device model."""
     if not file_paths:
         return []
-    return list(torch.split(model.load_inputs(_waveforms(file_paths), list(device_ids)), 1))
+    inputs = model.load_inputs(_waveforms(file_paths), list(device_ids))
+    return [x.unsqueeze(0) for x in inputs] if isinstance(inputs, list) else list(torch.split(inputs, 1))
 
 
 def get_model_for_device(model: ModelSubmission, device_id: str) -> nn.Module:
-    """The device's own model, or the general model for devices without one (``unknown`` included)."""
+    """The device's own deployed model, or the general one for devices without one (``unknown`` included)."""
     return model.get_model_for_device(device_id)
 
 

@@ -99,12 +99,18 @@ def import_module(spec: PackageSpec) -> ModuleType:
     return module
 
 
-def missing_dependency(exc: BaseException, package: str) -> str | None:
-    """One line naming a third-party module the package imports but the environment lacks, with the pip command."""
+def missing_dependency(exc: BaseException, package: str, folder: Path | None = None) -> str | None:
+    """One line naming a third-party module the package imports but the environment lacks, with the pip command;
+    or, when the "missing" module is one of the package's own sub-folders or modules (``folder``) imported as a
+    top-level name, a hint about ``sys.path`` instead (installing anything would not help)."""
     if not isinstance(exc, ModuleNotFoundError) or not exc.name:
         return None
     top = exc.name.split(".")[0]
     if top == package:
         return None  # a module of the package itself is missing: a packaging error, not a dependency
+    if folder is not None and ((folder / top).is_dir() or (folder / f"{top}.py").is_file()):
+        return (f"the package imports {top!r} as a top-level module, but {top} is part of the package itself "
+                f"({folder.name}/{top}); that only works when {folder} is on sys.path, which the official "
+                f"evaluation does not do: import it as {package}.{top} (or relatively, from . import {top})")
     return (f"missing dependency: the package imports {top!r}, which is not installed; "
             f"pip install {PIP_NAMES.get(top, top.replace('_', '-'))}")

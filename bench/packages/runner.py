@@ -31,13 +31,13 @@ from bench.data.manifest import Manifest
 from bench.data.store import Store
 from bench.data.tau import Dataset
 from bench.packages.loader import PackageSpec
-from bench.packages.worker import one_line
-from bench.paths import REPO_ROOT
-from bench.score.complexity import ComplexityReport, SubmissionComplexity, resolve_dtype
-from bench.score.energy import analytic_energy
-from bench.score.leaderboard import DEPLOY_DTYPES, ENERGY_METHODS
+from bench.paths import PACKAGE_ROOT
+from bench.score.complexity import ComplexityReport, SubmissionComplexity
+from bench.score.leaderboard import ENERGY_METHODS
 from bench.score.metrics import Scores, score_predictions
-from bench.score.scorer import ScoreOptions, align_classes, check_logits, complexity_columns, metric_columns
+from bench.score.rows import one_line, submission_row
+from bench.score.scorer import (ScoreOptions, ScoreResult, align_classes, check_logits, complexity_columns,
+                                dtype_columns, metric_columns)
 from bench.submission import SubmissionError
 
 Progress = Callable[[str, int, int], None]
@@ -96,19 +96,31 @@ def package_data(dataset: Dataset, store: Store | None = None, eval_dataset: Dat
 
 @dataclass
 class PackageResult:
-    """One scored module. ``row`` holds leaderboard fields (``make_row(**row)``); ``logits`` the package's raw
-    logits per split in ``class_order``, from which ``output.csv`` is written."""
+    """One scored module: its board ``identity``, what was measured (``scored``) or why it failed (``error``);
+    ``logits`` are the package's raw logits per split in ``class_order``, from which ``output.csv`` is written.
+    ``row()`` is its leaderboard row, made like every other row (:func:`bench.score.rows.submission_row`)."""
 
     spec: PackageSpec
-    row: dict
+    identity: dict
+    scored: ScoreResult | None = None
+    error: str | None = None
     class_order: list[str] = field(default_factory=list)
     logits: dict[str, np.ndarray] = field(default_factory=dict)
-    complexity: SubmissionComplexity | None = None
-    scores: Scores | None = None
 
     @property
     def ok(self) -> bool:
-        return self.row["status"] == "ok"
+        return self.error is None
+
+    @property
+    def complexity(self) -> SubmissionComplexity | None:
+        return self.scored.complexity if self.scored else None
+
+    @property
+    def scores(self) -> Scores | None:
+        return self.scored.scores if self.scored else None
+
+    def row(self) -> dict:
+        return submission_row(self.identity, self.scored, error=self.error)
 
 
 # ---- the child -----------------------------------------------------------------------------------------------
@@ -169,7 +181,8 @@ def run_child(job: dict, work: Path, isolation: Isolation, progress: Progress | 
     """Run the worker on ``job`` in ``work`` and collect what it wrote, whatever happened to it."""
     job_path = work / "job.json"
     job_path.write_text(json.dumps({**job, "memory_bytes": int(isolation.memory_gb * 2**30)}))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    harness = str(PACKAGE_ROOT.parent)  # the child imports the same bench as this process
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [harness, os.environ.get("PYTHONPATH")]))}
     read_fd, write_fd = os.pipe()
     with open(work / "output.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "bench.packages.worker", str(job_path), str(write_fd)],
@@ -254,17 +267,18 @@ def score_package(spec: PackageSpec, data: PackageData, options: ScoreOptions | 
         run = run_child(_job(spec, data, options), work, isolation, progress, spec.submission)
         error = (run.result or {}).get("error") or (run.failure if not run.result else None)
         if error:
-            return PackageResult(spec, {**identity, "status": "failed", "error": _memory_hint(error, isolation)})
+            return PackageResult(spec, identity, error=one_line(_memory_hint(error, isolation)))
         try:
             result = _evaluate(spec, data, run, work, options, identity)
         except SubmissionError as exc:
-            return PackageResult(spec, {**identity, "status": "failed", "error": one_line(str(exc))})
-    result.row["wall_s_score"] = time.perf_counter() - start
+            return PackageResult(spec, identity, error=one_line(str(exc)))
+    result.scored.row["wall_s_score"] = time.perf_counter() - start
     return result
 
 
 def _evaluate(spec: PackageSpec, data: PackageData, run: ChildRun, work: Path, options: ScoreOptions,
               identity: dict) -> PackageResult:
+    """The package's returned logits and complexity, scored with the scorer's own functions."""
     core = run.result
     order = core["class_order"]
     raw = {split: np.load(work / name) for split, name in core["logits"].items()}
@@ -275,31 +289,21 @@ def _evaluate(spec: PackageSpec, data: PackageData, run: ChildRun, work: Path, o
     complexity = SubmissionComplexity({dev: ComplexityReport(**{**r, "input_shape": tuple(r["input_shape"])})
                                        for dev, r in core["complexity"].items()})
     notes = [f"official package: predict() on batches of {options.batch_size} files, use_cuda=False"]
-    row = {**identity, "status": "ok", **complexity_columns(complexity), **_dtype_columns(complexity),
-           "clips_per_s": len(data.test) / max(core["predict_s"]["test"], 1e-9)}
+    row = {"dataset": identity["dataset"], "dataset_fingerprint": identity["dataset_fingerprint"],
+           "split": identity["split"], "batch_size": options.batch_size, **complexity_columns(complexity),
+           **dtype_columns(complexity), "clips_per_s": len(data.test) / max(core["predict_s"]["test"], 1e-9)}
     scores = None
     if data.labelled:
         scores = _scores(data, aligned["test"], options.n_boot, options.seed)
         row.update(metric_columns(scores))
         row.update(_int8_columns(spec, data, run, work, order, options, notes))
         row.update(_energy_columns(run, options, notes))
-    row["notes"] = "; ".join(notes)
-    return PackageResult(spec, row, order, raw, complexity, scores)
+    return PackageResult(spec, identity, ScoreResult(row, scores, complexity, notes=notes), None, order, raw)
 
 
 def _scores(data: PackageData, logits: np.ndarray, n_boot: int, seed: int) -> Scores:
     return score_predictions(data.test["label"].to_numpy(), logits, data.test["device"].astype(str).to_numpy(),
                              data.manifest.classes, data.manifest.roles(), n_boot=n_boot, seed=seed)
-
-
-def _dtype_columns(complexity: SubmissionComplexity) -> dict:
-    """A package declares no deployment dtype: it is its device-a model's parameter dtype, when that is one of the
-    board's (mixed dtypes leave it and the analytic energy empty)."""
-    dtype = complexity.per_device["a"].dtype
-    if dtype not in DEPLOY_DTYPES:
-        return {}
-    energy = analytic_energy(complexity.max_macs, complexity.max_param_bytes, resolve_dtype(dtype))
-    return {"deploy_dtype": dtype, "analytic_energy_uj_per_clip": energy.joules * 1e6}
 
 
 def _int8_columns(spec, data, run, work, order, options, notes) -> dict:

@@ -27,20 +27,17 @@ import pandas as pd
 import torch
 
 from bench.packages.compat import soundfile_torchaudio
-from bench.packages.loader import PackageError, PackageSpec, import_module, missing_dependency
+from bench.packages.loader import PackageError, PackageSpec, import_module, missing_dependency, package_dir
+from bench.score.rows import one_line
 from bench.submission import OFFICIAL_DEVICES, SubmissionError
 
-REASON_CHARS = 400
-
-
-def one_line(text: str, limit: int = REASON_CHARS) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def describe(exc: BaseException, stage: str, package: str) -> str:
+def describe(exc: BaseException, stage: str, spec: PackageSpec) -> str:
     """The board's one-line reason for an exception raised while ``stage`` ran package code."""
-    dependency = missing_dependency(exc, package)
+    try:
+        folder = package_dir(spec.name, spec.path)
+    except PackageError:
+        folder = None
+    dependency = missing_dependency(exc, spec.name, folder)
     if dependency:
         return dependency
     if isinstance(exc, (PackageError, SubmissionError)):  # the harness's own checks: the message says it all
@@ -102,7 +99,7 @@ class Session:
             try:
                 core = self.core()
             except BaseException as exc:  # whatever the package does (sys.exit included) is its result
-                _write(self.work / "result.json", {"error": describe(exc, self.stage, self.spec.name),
+                _write(self.work / "result.json", {"error": describe(exc, self.stage, self.spec),
                                                    "stage": self.stage})
                 return 1
             _write(self.work / "result.json", core)
@@ -111,7 +108,7 @@ class Session:
                     try:
                         out = step()
                     except BaseException as exc:
-                        out = {"error": describe(exc, self.stage, self.spec.name)}
+                        out = {"error": describe(exc, self.stage, self.spec)}
                     _write(self.work / f"{name}.json", out)
         return 0
 

@@ -24,12 +24,12 @@ import pyarrow.parquet as pq
 
 from bench import provenance
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 VERSION_KEY = b"ascbench.schema_version"
 
 KINDS = ("system", "teacher", "package", "ablation")
 STATUSES = ("ok", "failed")
-DEPLOY_DTYPES = ("float16", "float32", "int8")
+DEPLOY_DTYPES = ("float16", "float32", "int8", "mixed")
 ENERGY_METHODS = ("rapl", "cpu-load-estimate")
 ENUMS = {"kind": KINDS, "status": STATUSES, "deploy_dtype": DEPLOY_DTYPES, "energy_method": ENERGY_METHODS}
 
@@ -37,7 +37,7 @@ REQUIRED = frozenset({"submission", "system", "kind", "status"})
 FRACTIONS = ("macro_acc", "macro_acc_ci_low", "macro_acc_ci_high", "overall_acc", "acc_known", "acc_unseen",
              "acc_real", "acc_seen", "int8_macro_acc")
 # stored as JSON text: portable to CSV/pandas/any Parquet reader, unlike map types that pandas turns into tuples
-JSON_COLUMNS = ("acc_per_device", "acc_per_class", "confusion", "complexity_per_device", "counters")
+JSON_COLUMNS = ("acc_per_device", "acc_per_class", "confusion", "complexity_per_device", "counters", "stages")
 
 _STR, _F64, _I64, _BOOL = pa.string(), pa.float64(), pa.int64(), pa.bool_()
 _TS = pa.timestamp("us", tz="UTC")
@@ -48,7 +48,8 @@ SCHEMA = pa.schema(
         # identity
         ("row_id", _STR), ("submission", _STR), ("system", _STR), ("variant", _STR), ("kind", _STR),
         ("is_teacher", _BOOL), ("seed", _I64), ("profile", _STR), ("dataset", _STR), ("dataset_fingerprint", _STR),
-        ("split", _STR), ("train_split", _STR), ("config_hash", _STR), ("notes", _STR),
+        ("split", _STR), ("train_split", _STR), ("config_hash", _STR), ("notes", _STR), ("run_dir", _STR),
+        ("stages", _STR),
         # status
         ("status", _STR), ("error", _STR),
         # accuracy
@@ -64,7 +65,8 @@ SCHEMA = pa.schema(
         # energy
         ("energy_j_per_clip", _F64), ("energy_method", _STR), ("analytic_energy_uj_per_clip", _F64),
         # provenance
-        ("harness_version", _STR), ("git_commit", _STR), ("git_dirty", _BOOL), ("python", _STR), ("torch", _STR),
+        ("harness_version", _STR), ("harness_source", _STR), ("git_commit", _STR), ("git_dirty", _BOOL),
+        ("python", _STR), ("torch", _STR),
         ("torchaudio", _STR), ("torchinfo", _STR), ("thop", _STR), ("codecarbon", _STR), ("lightning", _STR),
         ("cpu_model", _STR), ("gpu_model", _STR), ("threads", _I64), ("batch_size", _I64), ("started_at", _TS),
         ("finished_at", _TS), ("wall_s_train", _F64), ("wall_s_score", _F64), ("clips_per_s", _F64), ("host", _STR),
@@ -201,6 +203,23 @@ def _conform(table: pa.Table, version: int, path: Path) -> pa.Table:
 def _corrupt_message(path: Path, why: str) -> str:
     return (f"{path} is not a usable ascbench leaderboard ({why}). It was left untouched. Restore it "
             f"(`git checkout -- {path}` if it is tracked) or move it aside, then re-score to rebuild it.")
+
+
+def check_board(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a board that exists but cannot take rows (``BoardError``); a missing one is fine."""
+    path = Path(path)
+    if path.exists():
+        read_table(path)
+    elif not os.access(_existing_parent(path), os.W_OK):
+        raise BoardError(f"{path}: cannot create the board there (no write permission in "
+                         f"{_existing_parent(path)}); pass another --board")
+
+
+def _existing_parent(path: Path) -> Path:
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return parent
+    return Path("/")
 
 
 # -------------------------------------------------------------------------------------------------------- writing

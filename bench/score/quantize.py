@@ -102,11 +102,11 @@ def _convert(prepared: nn.Module, engine: str | None = None) -> nn.Module:
     return converted
 
 
-def quantize_static(net: nn.Module, calibration_batches: Iterable[torch.Tensor],
-                    example_input: torch.Tensor, engine: str | None = None) -> nn.Module:
-    """Post-training static quantization: observe activation ranges on ``calibration_batches`` (feature batches
-    from training/validation clips), then convert. ``net`` is not modified. ``engine`` overrides the kernels
-    (``"x86"``, ``"fbgemm"``, ...; benchmarks compare them); the quantized weights and scales do not depend on it."""
+def observe_static(net: nn.Module, calibration_batches: Iterable[torch.Tensor],
+                   example_input: torch.Tensor) -> nn.Module:
+    """The first half of post-training static quantization: a prepared copy of ``net`` whose observers have seen
+    ``calibration_batches`` (feature batches from training/validation clips). Its ``state_dict`` (weights and
+    observer ranges) is what an INT8 model is rebuilt from (:func:`rebuild_int8`); ``net`` is not modified."""
     prepared = _prepare(net, example_input, qat=False)
     n_batches = 0
     with torch.no_grad(), _quiet():
@@ -115,7 +115,15 @@ def quantize_static(net: nn.Module, calibration_batches: Iterable[torch.Tensor],
             n_batches += 1
     if n_batches == 0:
         raise QuantizationError("no calibration batches were given")
-    return _convert(prepared, engine)
+    return prepared
+
+
+def quantize_static(net: nn.Module, calibration_batches: Iterable[torch.Tensor],
+                    example_input: torch.Tensor, engine: str | None = None) -> nn.Module:
+    """Post-training static quantization: observe activation ranges on ``calibration_batches``, then convert.
+    ``engine`` overrides the kernels (``"x86"``, ``"fbgemm"``, ...; benchmarks compare them); the quantized weights
+    and scales do not depend on it."""
+    return _convert(observe_static(net, calibration_batches, example_input), engine)
 
 
 def prepare_qat(net: nn.Module, example_input: torch.Tensor) -> nn.Module:
@@ -129,15 +137,17 @@ def convert_qat(prepared: nn.Module) -> nn.Module:
     return _convert(prepared)
 
 
-def rebuild_qat(net: nn.Module, example_input: torch.Tensor, prepared_state: dict) -> nn.Module:
-    """The INT8 model from a float network of the same architecture and a stored ``prepare_qat`` state dict
-    (converted models do not round-trip through ``state_dict``; prepared ones do)."""
-    prepared = prepare_qat(net, example_input)
+def rebuild_int8(net: nn.Module, example_input: torch.Tensor, prepared_state: dict, qat: bool) -> nn.Module:
+    """The INT8 model from a float network of the same architecture and a stored prepared state dict: observed
+    (:func:`observe_static`, ``qat=False``) or QAT-fine-tuned (:func:`prepare_qat`, ``qat=True``). Converted models
+    do not round-trip through ``state_dict``; prepared ones do, bit for bit."""
+    prepared = _prepare(net, example_input, qat=qat)
     try:
         prepared.load_state_dict(prepared_state)
     except RuntimeError as err:
-        raise QuantizationError(f"stored QAT state does not fit the network: {err}") from err
-    return convert_qat(prepared)
+        raise QuantizationError(f"stored {'QAT' if qat else 'calibration'} state does not fit the network: "
+                                f"{err}") from err
+    return _convert(prepared)
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,13 @@ import torch
 from bench.data.loaders import ClipDataset, make_loader
 from bench.data.manifest import Manifest
 from bench.data.store import Store
-from bench.score.complexity import ComplexityError, DeviceModel, SubmissionComplexity, count_devices, dtype_name
+from bench.score.complexity import ComplexityError, DeviceModel, SubmissionComplexity, count_devices
 from bench.score.energy import EnergyError, analytic_energy, measure_energy
+from bench.score.leaderboard import DEPLOY_DTYPES
 from bench.score.metrics import Scores, score_predictions
-from bench.score.quantize import QuantizationError, int8_size_bytes, quantize_static
-from bench.submission import GENERAL, OFFICIAL_DEVICES, ModelSubmission, Submission, SubmissionError
+from bench.score.quantize import QuantizationError, int8_size_bytes
+from bench.models import create_model
+from bench.submission import OFFICIAL_DEVICES, Deployment, ModelSubmission, Submission, SubmissionError
 
 Progress = Callable[[str, int, int], None]
 
@@ -48,6 +50,7 @@ class ScoreResult:
     logits: np.ndarray | None = None
     int8_scores: Scores | None = None
     extra: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def align_classes(logits: np.ndarray, class_order: Sequence[str], classes: Sequence[str], who: str) -> np.ndarray:
@@ -133,27 +136,35 @@ def official_complexity(sub: Submission, devices: Sequence[str] = OFFICIAL_DEVIC
         raise SubmissionError(f"{sub.name}: {exc}") from exc
 
 
+def calibration_features(sub: Submission, store: Store, clips: pd.DataFrame, rng: np.random.Generator,
+                         n: int, batch_size: int) -> list[torch.Tensor]:
+    """Features of up to ``n`` clips drawn from ``clips`` (validation clips, never test), in batches."""
+    n = min(len(clips), n)
+    pick = clips.iloc[np.sort(rng.choice(len(clips), size=n, replace=False))]
+    waves = torch.from_numpy(store.waveforms(pick["row"].to_numpy()))
+    return list(torch.split(sub.load_inputs(waves, pick["device"].tolist()), batch_size))
+
+
 def quantize_submission(sub: ModelSubmission, store: Store, calib: pd.DataFrame, options: ScoreOptions) -> ModelSubmission:
-    """Static INT8 of every model of ``sub``, calibrated on validation clips (each device model on its own
-    device's clips when there are enough, otherwise on all)."""
+    """Static INT8 of every float deployment of ``sub``, each device model calibrated on its own devices'
+    validation clips when there is a batch of them, otherwise (and for the general model) on all of them.
+    Deployments that are INT8 already are kept as they are."""
     rng = np.random.default_rng(options.seed)
+    n = options.calib_batches * options.batch_size
+    all_feats = calibration_features(sub, store, calib, rng, n, options.batch_size)
 
-    def features(rows: pd.DataFrame) -> list[torch.Tensor]:
-        n = min(len(rows), options.calib_batches * options.batch_size)
-        pick = rows.iloc[np.sort(rng.choice(len(rows), size=n, replace=False))]
-        waves = torch.from_numpy(store.waveforms(pick["row"].to_numpy()))
-        feats = sub.load_inputs(waves, pick["device"].tolist())
-        return list(torch.split(feats, options.batch_size))
+    def convert(device: str, dep: Deployment) -> Deployment:
+        if dep.form.startswith("int8"):
+            return dep
+        own = calib[calib["device"].isin(sub.devices_of(dep))]
+        feats = calibration_features(sub, store, own, rng, n, options.batch_size) \
+            if len(own) >= options.batch_size else all_feats
+        model = create_model(dep.arch, **dep.arch_config)  # holding the deployed values (fp16 ones, upcast)
+        model.net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                   for k, v in dep.net.state_dict().items()})
+        return Deployment.ptq(model, feats)
 
-    all_feats = features(calib)
-    floats = sub.float_models or {GENERAL: sub.general, **sub.device_models}
-    converted = {}
-    for key, net in floats.items():
-        own = calib[calib["device"] == key]
-        feats = features(own) if len(own) >= options.batch_size else all_feats
-        converted[key] = quantize_static(net, feats, feats[0][:1])
-    general = converted.pop(GENERAL)
-    return sub.replace_models(f"{sub.name} (int8)", general, converted, torch.float32)
+    return sub.converted(f"{sub.name} (int8)", convert)
 
 
 def score_submission(sub: Submission, store: Store, manifest: Manifest, split: str,
@@ -176,14 +187,10 @@ def score_submission(sub: Submission, store: Store, manifest: Manifest, split: s
     complexity = official_complexity(sub)
     row = {
         "dataset": manifest.name, "dataset_fingerprint": store.fingerprint, "split": split,
-        **metric_columns(scores),
-        "deploy_dtype": dtype_name(sub.deploy_dtype("a")),
-        **complexity_columns(complexity),
+        **metric_columns(scores), **complexity_columns(complexity), **dtype_columns(complexity),
         "batch_size": options.batch_size, "clips_per_s": len(clips) / max(predict_s, 1e-9),
     }
-    ana = analytic_energy(complexity.max_macs, complexity.max_param_bytes, sub.deploy_dtype("a"))
-    row["analytic_energy_uj_per_clip"] = ana.joules * 1e6
-    result = ScoreResult(row, scores, complexity, logits)
+    result = ScoreResult(row, scores, complexity, logits, notes=list(sub.notes))
     if options.int8:
         _score_int8(sub, store, manifest, clips, calib, options, result, progress, cache)
     if options.energy:
@@ -210,6 +217,21 @@ def complexity_columns(complexity: SubmissionComplexity) -> dict:
     }
 
 
+def dtype_columns(complexity: SubmissionComplexity) -> dict:
+    """The deployed parameter dtype (``mixed`` when device models differ) and the analytic energy of the most
+    expensive device model, each device model at its own dtype (left empty for dtypes the model cannot price)."""
+    dtypes = {r.dtype for r in complexity.per_device.values()}
+    out: dict = {"deploy_dtype": dtypes.pop() if len(dtypes) == 1 else "mixed"}
+    if out["deploy_dtype"] not in DEPLOY_DTYPES:
+        out["deploy_dtype"] = None
+    try:
+        energies = [analytic_energy(r.macs, r.param_bytes, r.dtype).joules for r in complexity.per_device.values()]
+    except (KeyError, ValueError):
+        return out
+    out["analytic_energy_uj_per_clip"] = max(energies) * 1e6
+    return out
+
+
 def compliance_reasons(complexity: SubmissionComplexity) -> str | None:
     """Each violation once, with the devices it concerns ("all devices" when every device model has it)."""
     by_reason: dict[str, list[str]] = {}
@@ -230,12 +252,15 @@ def metric_columns(scores: Scores) -> dict:
             "acc_per_class": scores.class_accuracy, "confusion": scores.confusion, "n_clips": scores.n_clips}
 
 
+def _int8_size(sub: ModelSubmission) -> int:
+    return max(int8_size_bytes(dep.net) for dep in sub.unique().values())
+
+
 def _score_int8(sub, store, manifest, clips, calib, options, result, progress, cache) -> None:
     row = result.row
-    if sub.deploy_dtype("a") == torch.int8:  # deployed as INT8 already: its own accuracy and artefact size
-        row["int8_macro_acc"] = row["macro_acc"]
-        if isinstance(sub, ModelSubmission):
-            row["int8_size_bytes"] = max(int8_size_bytes(m) for m in (sub.general, *sub.device_models.values()))
+    if isinstance(sub, ModelSubmission) and all(d.form.startswith("int8") for d in sub.deployments.values()):
+        row["int8_macro_acc"] = row["macro_acc"]  # deployed as INT8 already: its own accuracy and artefact size
+        row["int8_size_bytes"] = _int8_size(sub)
         return
     if not isinstance(sub, ModelSubmission):
         row["int8_error"] = "not quantized: the submission does not expose its float models"
@@ -254,7 +279,7 @@ def _score_int8(sub, store, manifest, clips, calib, options, result, progress, c
     result.int8_scores = score_predictions(clips["label"].to_numpy(), logits, clips["device"].to_numpy(),
                                            manifest.classes, manifest.roles(), n_boot=100, seed=options.seed)
     row["int8_macro_acc"] = result.int8_scores.macro_accuracy
-    row["int8_size_bytes"] = max(int8_size_bytes(m) for m in (q.general, *q.device_models.values()))
+    row["int8_size_bytes"] = _int8_size(q)
     result.extra["int8_submission"] = q
 
 
@@ -270,7 +295,7 @@ def _measure_energy(sub, store, clips, options, result) -> None:
     try:
         energy = measure_energy(workload, len(waves))
     except EnergyError as exc:  # accuracy and complexity stand; the row says why energy is missing
-        result.row["notes"] = f"energy not measured: {exc}"
+        result.notes.append(f"energy not measured: {exc}")
         return
     result.row["energy_j_per_clip"] = energy.joules_per_clip
     result.row["energy_method"] = energy.method

@@ -1,62 +1,84 @@
-"""Pieces several systems share: the augmentation set a config asks for, a task built from it, and
-device-specific fine-tuning as a reusable stage.
-
-Config keys understood (all optional): ``roll_seconds``; ``fms_p``, ``fms_alpha``, ``fms_per_batch``;
-``dir_p`` with ``adir`` (bool) and ``adir_threshold`` (number or ``"mean"``); ``mixup_alpha`` (in OptimConfig).
-"""
+"""Pieces several systems share: the augmentations a config asks for, a task built from them, and device-specific
+fine-tuning as a reusable stage body."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
 from torch import nn
 
 from bench.augment import AutoDeviceImpulseResponse, DeviceImpulseResponse, FreqMixStyle, TimeRoll
+from bench.config import Key, Schema, StageConfig
 from bench.models.base import SAMPLE_RATE, ASCModel
 from bench.train.stages import StageContext
-from bench.train.task import ClassifierTask, LossFn, OptimConfig, cross_entropy
+from bench.train.task import OPTIM, ClassifierTask, LossFn, OptimConfig, cross_entropy
+
+AUGMENT = Schema("augment", {
+    "roll_seconds": Key(float, 0.0, "waveform time roll, up to +-this many seconds (0: off)"),
+    "fms_p": Key(float, 0.0, "Freq-MixStyle probability per batch (0: off)"),
+    "fms_alpha": Key(float, 0.3, "Freq-MixStyle Beta(alpha, alpha)"),
+    "fms_per_batch": Key(bool, False, "one Freq-MixStyle lambda per batch instead of per sample"),
+    "dir_p": Key(float, 0.0, "device impulse response augmentation probability for reference-device clips (0: off)"),
+    "adir": Key(bool, False, "ADIR: DIR only for clips louder than adir_threshold"),
+    "adir_threshold": Key((float, str), 323.0, "ADIR energy threshold, or \"mean\": the training clips' mean energy"),
+    "irs_dir": Key(str, None, "folder of impulse responses for DIR (default: the dataset's own)"),
+})
+
+PER_DEVICE = Schema("per_device", {
+    "per_device": Key(dict, {}, "overrides per device id, e.g. { a = { epochs = 1 } }", table=OPTIM | AUGMENT,
+                      mapping=True),
+})
 
 
-def augmentations(ctx: StageContext, cfg: dict[str, Any]) -> tuple[list[nn.Module], list[nn.Module]]:
-    """(waveform augmentations, feature augmentations) for a config."""
+def augmentations(ctx: StageContext, cfg: Mapping[str, Any]) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(waveform augmentations, feature augmentations) for a config that declares ``AUGMENT``."""
     wave: list[nn.Module] = []
-    if cfg.get("roll_seconds", 0) > 0:
+    if cfg["roll_seconds"] > 0:
         wave.append(TimeRoll(int(cfg["roll_seconds"] * SAMPLE_RATE)))
-    if cfg.get("dir_p", 0) > 0:
+    if cfg["dir_p"] > 0:
         ref = ctx.device_index(ctx.manifest.reference_device)
-        if cfg.get("adir"):
-            threshold = cfg.get("adir_threshold", 323.0)
+        if cfg["adir"]:
+            threshold = cfg["adir_threshold"]
             aug = AutoDeviceImpulseResponse(ctx.impulse_responses(), ref, cfg["dir_p"], threshold)
             if threshold == "mean":
-                rows = ctx.clips("fit")["row"].to_numpy()
-                aug.calibrate(ctx.env.store.waveforms(chunk) for chunk in np.array_split(rows, max(1, len(rows) // 512)))
+                rows = ctx.clips("fit").rows
+                aug.calibrate(ctx.data.store.waveforms(chunk) for chunk in np.array_split(rows, max(1, len(rows) // 512)))
         else:
             aug = DeviceImpulseResponse(ctx.impulse_responses(), ref, cfg["dir_p"])
         wave.append(aug)
     feats: list[nn.Module] = []
-    if cfg.get("fms_p", 0) > 0:
-        feats.append(FreqMixStyle(cfg["fms_p"], cfg.get("fms_alpha", 0.3), per_sample=not cfg.get("fms_per_batch")))
+    if cfg["fms_p"] > 0:
+        feats.append(FreqMixStyle(cfg["fms_p"], cfg["fms_alpha"], per_sample=not cfg["fms_per_batch"]))
     return wave, feats
 
 
-def make_task(ctx: StageContext, model: ASCModel, cfg: dict[str, Any], loss: LossFn = cross_entropy) -> ClassifierTask:
+def make_task(ctx: StageContext, model: ASCModel, cfg: Mapping[str, Any], loss: LossFn = cross_entropy,
+              initial_optimizer_state: dict[str, Any] | None = None) -> ClassifierTask:
+    """The task for a config that declares ``OPTIM`` and ``AUGMENT``."""
     wave, feats = augmentations(ctx, cfg)
-    return ClassifierTask(model, OptimConfig.from_dict(cfg), wave, feats, loss)
+    return ClassifierTask(model, OptimConfig.from_config(cfg), wave, feats, loss, initial_optimizer_state)
 
 
-def per_device_config(config: dict[str, Any], device: str) -> dict[str, Any]:
+def per_device_config(config: StageConfig, device: str) -> StageConfig:
     """The stage config with ``per_device.<device>`` overrides applied (e.g. fewer epochs for device a)."""
-    return {**config, **config.get("per_device", {}).get(device, {})}
+    return config.replace(**config["per_device"].get(device, {}))
 
 
-def fine_tune_per_device(ctx: StageContext, base_state: dict[str, Any],
-                         build: Callable[[ASCModel, dict[str, Any]], ClassifierTask] | None = None,
-                         devices: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def fine_tune_per_device(ctx: StageContext, base_state: dict[str, Any], devices: list[str] | None = None,
+                         loss: LossFn = cross_entropy, extras: Callable | None = None,
+                         optimizer_state: dict[str, Any] | None = None,
+                         build: Callable[[ASCModel, StageConfig], ClassifierTask] | None = None
+                         ) -> dict[str, dict[str, Any]]:
     """Device-specific fine-tuning: a copy of the general model per training device, fine-tuned on that device's
-    clips only (all parameters, fresh optimiser, per-device overrides from ``per_device``). Devices without a model
+    clips only (all parameters) and validated on that device's validation clips.
+
+    ``loss``/``extras`` keep a KD loss and its teacher targets; ``optimizer_state`` starts every device from
+    another fit's optimizer and schedule state (else a fresh optimizer); ``select = "best"`` in the config keeps
+    each device's best epoch on its own validation clips; ``per_device`` overrides apply. Devices without a model
     fall back to the general one at inference. Returns ``{device: state_dict}``."""
-    build = build or (lambda model, cfg: make_task(ctx, model, cfg))
+    build = build or (lambda model, cfg: make_task(ctx, model, cfg, loss, optimizer_state))
     out = {}
     for device in devices or list(ctx.manifest.training_devices):
         cfg = per_device_config(ctx.config, device)
@@ -65,6 +87,6 @@ def fine_tune_per_device(ctx: StageContext, base_state: dict[str, Any],
             continue
         model = ctx.create_model()
         model.load_state_dict(base_state)
-        ctx.fit(build(model, cfg), train, ctx.clips("val", [device]), name=f"device-{device}")
+        ctx.fit(build(model, cfg), train, ctx.clips("val", [device]), name=f"device-{device}", extras=extras)
         out[device] = model.state_dict()
     return out

@@ -1,16 +1,16 @@
 """Running a system's stages: data handed to the recipe, Lightning fits with checkpoints and CSV logs, and a cache.
 
-Each finished stage is stored under a key of (system, its source, the configuration of this and every earlier
-stage, data fingerprint, seed), so re-running reuses it. Inside a stage, every ``ctx.fit(...)`` checkpoints each
-epoch; an interrupted fit resumes from ``last.ckpt``, and finished fits of a stage (e.g. the device models of a
-device-specific fine-tuning stage) are not repeated.
+A finished stage is cached (:mod:`bench.train.cache`) under its static inputs (config, system files, data, seed,
+profile, libraries) and reused only while the harness files its code ran are unchanged; otherwise the user is told
+why it runs again. Inside a stage, every ``ctx.fit(...)`` checkpoints each epoch; an interrupted fit resumes from
+``last.ckpt``, and finished fits of a stage (e.g. the device models of a device-specific fine-tuning stage) are not
+repeated.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import time
@@ -25,14 +25,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from rich.console import Console
 
-from bench import __version__
+from bench.config import Key, Schema, StageConfig
+from bench.data.clips import ClipSet
 from bench.data.irs import load_irs
-from bench.data.loaders import ClipDataset, make_loader
+from bench.data.loaders import make_loader
 from bench.data.manifest import Manifest
 from bench.data.store import Store
 from bench.models import create_model
 from bench.models.base import ASCModel
-from bench.system import SystemSpec, config_hash
+from bench.system import SystemSpec
+from bench.identity import Recorder, blind_all
+from bench.train.cache import CacheEntry
 from bench.train.task import ClassifierTask, NonFiniteLossError
 
 
@@ -45,6 +48,12 @@ class _NoAdverts(logging.Filter):
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 
+DATA = Schema("data", {
+    "data": Key(str, None, "train this stage on another dataset (a folder; its own classes and validation part) "
+                "instead of the run's training split"),
+    "train_devices": Key(list, None, "train (and validate) this stage on these devices of the run's data only"),
+})
+
 
 class StageError(RuntimeError):
     """A stage that failed; the message names the system, stage and what to do."""
@@ -52,6 +61,25 @@ class StageError(RuntimeError):
 
 class Interrupted(RuntimeError):
     """Ctrl-C during training: the last checkpoint is kept and the next run resumes from it."""
+
+
+@dataclass
+class StageData:
+    """One dataset as a stage sees it: its store, label space and the fit/validation clips carved from it."""
+
+    store: Store
+    manifest: Manifest
+    fit: ClipSet
+    val: ClipSet
+    split: str
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.fit.classes
+
+    def identity(self) -> dict[str, Any]:
+        return {"dataset": self.manifest.name, "fingerprint": self.store.fingerprint, "split": self.split,
+                "validation": sorted(map(str, self.val.frame["identifier"].dropna().unique())) or len(self.val)}
 
 
 @dataclass
@@ -63,11 +91,7 @@ class RunEnv:
     variant: str | None
     seed: int
     resolved: dict[str, Any]
-    store: Store
-    manifest: Manifest
-    train_split: str
-    fit_clips: pd.DataFrame     # training split minus validation locations
-    val_clips: pd.DataFrame     # validation locations carved from the training split
+    data: StageData              # the run's data: training split minus validation locations, and those locations
     cache_root: Path
     accelerator: str = "cpu"
     devices: int = 1
@@ -76,19 +100,43 @@ class RunEnv:
     console: Console = field(default_factory=Console)
     reused_stages: set[str] = field(default_factory=set)
     ir_cache: dict[Any, list[torch.Tensor]] = field(default_factory=dict)
+    external: dict[str, StageData] = field(default_factory=dict)  # other datasets stages asked for, by argument
+    load_external: Callable[[str], StageData] | None = None
 
     @property
-    def device_list(self) -> list[str]:
-        return list(self.manifest.devices)
+    def manifest(self) -> Manifest:
+        return self.data.manifest
 
-    def stage_key(self, stage: str) -> str:
-        chain = self.spec.stages[: self.spec.stages.index(stage) + 1]
-        return config_hash({
-            "system": self.spec.name, "source": self.spec.source_hash(), "harness": __version__,
-            "stages": [[s, self.spec.stage_config(self.resolved, s)] for s in chain],
-            "data": self.store.fingerprint, "train_split": self.train_split, "seed": self.seed,
-            "val_locations": sorted(self.val_clips["identifier"].unique()),
-        })
+    @property
+    def store(self) -> Store:
+        return self.data.store
+
+    @property
+    def multi_process(self) -> bool:
+        return self.devices > 1 or self.num_nodes > 1
+
+    def stage_data(self, config: StageConfig) -> StageData:
+        """The data a stage declared: another dataset (``data``), a device subset (``train_devices``) or the run's."""
+        if "data" in config.schema.keys and config["data"]:
+            if config["data"] not in self.external:
+                if self.load_external is None:
+                    raise StageError(f"{self.spec.name}: no loader for dataset {config['data']!r}")
+                self.external[config["data"]] = self.load_external(config["data"])
+            return self.external[config["data"]]
+        if "train_devices" in config.schema.keys and config["train_devices"]:
+            devices = list(config["train_devices"])
+            return StageData(self.store, self.manifest, self.data.fit.of_devices(devices),
+                             self.data.val.of_devices(devices), self.data.split)
+        return self.data
+
+    def static_inputs(self, stage: str, upstream: dict[str, str]) -> dict[str, Any]:
+        """Everything known before the stage runs that decides its output (its cache key is their hash)."""
+        config = self.spec.stage_config(self.resolved, stage)
+        data = self.stage_data(config)
+        return {"system": self.spec.name, "stage": stage, "config": config.to_dict(), "upstream": upstream,
+                "system_files": self.spec.files(), "data": data.identity(), "seed": self.seed,
+                "profile": self.profile,
+                "world": {"accelerator": self.accelerator, "devices": self.devices, "num_nodes": self.num_nodes}}
 
 
 class StageContext:
@@ -97,29 +145,32 @@ class StageContext:
     def __init__(self, env: RunEnv, stage: str, workdir: Path, previous: dict[str, dict[str, Any]]):
         self.env = env
         self.stage = stage
-        self.config = env.spec.stage_config(env.resolved, stage)  # stage "" (submission): shared keys only
+        self.config = (env.spec.stage_config(env.resolved, stage) if stage
+                       else env.spec.submission_config(env.resolved))
         self.workdir = workdir
         self.previous = previous
         self.seed = env.seed
-        self.manifest = env.manifest
-        self.classes = list(env.manifest.classes)
+        self.data = env.stage_data(self.config)
+        self.manifest = self.data.manifest
+        self.classes = list(self.data.classes)
 
     # -- data -------------------------------------------------------------------------------------------------------
-    def clips(self, part: str = "fit", devices: list[str] | None = None) -> pd.DataFrame:
-        """Training clips (``fit``), validation clips (``val``) or both (``train``), optionally of some devices."""
-        df = {"fit": self.env.fit_clips, "val": self.env.val_clips,
-              "train": pd.concat([self.env.fit_clips, self.env.val_clips])}[part]
-        return df[df["device"].isin(devices)] if devices is not None else df
+    def clips(self, part: str = "fit", devices: list[str] | None = None) -> ClipSet:
+        """The stage's training clips (``fit``), validation clips (``val``) or both (``train``), optionally of some
+        devices only."""
+        if part not in ("fit", "val", "train"):
+            raise ValueError(f"clips(part) is 'fit', 'val' or 'train', got {part!r}")
+        clips = {"fit": self.data.fit, "val": self.data.val, "train": self.data.fit.concat(self.data.val)}[part]
+        return clips.of_devices(devices)
 
-    def loader(self, clips: pd.DataFrame, batch_size: int, shuffle: bool,
+    def loader(self, clips: ClipSet, batch_size: int, shuffle: bool,
                extras: dict[str, Any] | None = None) -> torch.utils.data.DataLoader:
-        ds = ClipDataset(self.env.store, clips, self.env.device_list, extras)
-        single = self.env.devices == 1 and self.env.num_nodes == 1
-        return make_loader(ds, batch_size, shuffle, seed=self.seed if single else None,
+        return make_loader(clips.dataset(extras), batch_size, shuffle,
+                           seed=None if self.env.multi_process else self.seed,
                            drop_last=shuffle and len(clips) > batch_size)
 
     def device_index(self, device: str) -> int:
-        return self.env.device_list.index(device)
+        return list(self.data.fit.device_vocab).index(device)
 
     def impulse_responses(self) -> list[torch.Tensor]:
         """Device impulse responses for DIR: ``irs_dir`` from the config, else the dataset's own IR folder."""
@@ -129,60 +180,80 @@ class StageContext:
             if sub is None:
                 raise StageError(f"{self.env.spec.name}/{self.stage}: DIR needs impulse responses; set irs_dir = "
                                  "'/path/to/MicIRP' in the profile (the dataset ships none)")
-            folder = Path(self.env.store.info["source"]) / sub
+            folder = Path(self.data.store.info["source"]) / sub
+        folder = Path(folder).expanduser()
         if folder not in self.env.ir_cache:
             self.env.ir_cache[folder] = load_irs(folder)
         return self.env.ir_cache[folder]
 
     # -- models -----------------------------------------------------------------------------------------------------
-    def create_model(self, name: str | None = None, seed: int | None = None, **overrides) -> ASCModel:
-        """A registry model (``model`` in the config), with ``model_options`` from the config and ``overrides``."""
+    def create_model(self, name: str | None = None, seed: int | None = None, state: dict | None = None,
+                     **overrides) -> ASCModel:
+        """A registry model (``model`` in the config), with ``model_options`` from the config and ``overrides``,
+        sized for the stage's classes; seeded, or holding ``state`` (e.g. an earlier stage's weights)."""
         torch.manual_seed(self.seed if seed is None else seed)
-        options = {**self.config.get("model_options", {}), **overrides}
-        return create_model(name or self.config["model"], n_classes=len(self.classes), **options)
+        options = {**(self.config.get("model_options") or {}), **overrides} if name is None else dict(overrides)
+        model = create_model(name or self.config["model"], n_classes=len(self.classes), **options)
+        if state is not None:
+            model.load_state_dict(state)
+        return model
 
     # -- training ---------------------------------------------------------------------------------------------------
-    def fit(self, task: ClassifierTask, train: pd.DataFrame, val: pd.DataFrame | None = None, name: str = "fit",
-            extras: Callable[[pd.DataFrame], dict[str, Any]] | None = None, run_dir: Path | None = None,
+    def fit(self, task: ClassifierTask, train: ClipSet, val: ClipSet | None = None, name: str = "fit",
+            extras: Callable[[ClipSet], dict[str, Any]] | None = None, run_dir: Path | None = None,
             seed: int | None = None) -> ClassifierTask:
-        """Train ``task`` on ``train`` clips with Lightning; reuse a finished fit, resume an interrupted one.
+        """Train ``task`` on ``train`` with Lightning; reuse a finished fit, resume an interrupted one.
 
-        ``run_dir`` defaults to ``<stage dir>/<name>`` (a shared cache such as the teachers' may pass its own)."""
+        ``run_dir`` defaults to ``<stage dir>/<name>`` (a shared cache such as the teachers' may pass its own).
+        With ``select = "best"`` the epoch with the best ``val_score`` on ``val`` is kept. The optimizer and
+        schedule state at the end is ``task.final_optimizer_state`` (for a later fit to resume)."""
         run_dir = run_dir or self.workdir / name
         seed = self.seed if seed is None else seed
         done = run_dir / "weights.pt"
+        opt_file = run_dir / "optimizer.pt"
         if done.exists():
-            task.model.load_state_dict(torch.load(done, map_location="cpu", weights_only=True))
+            task.load_state_dict(torch.load(done, map_location="cpu", weights_only=True))
+            if opt_file.exists():
+                task.final_optimizer_state = torch.load(opt_file, map_location="cpu", weights_only=True)
             self.env.console.print(f"  [dim]{self.stage}/{name}: finished earlier, reused[/]")
             return task
+        opt = task.optim
+        has_val = val is not None and len(val) > 0 and opt.val_every > 0
+        if opt.select == "best" and not has_val:
+            raise StageError(f"{self.env.spec.name}/{self.stage}/{name}: select = 'best' needs validation clips "
+                             "and val_every > 0")
         ckpt_dir = run_dir / "checkpoints"
         last = ckpt_dir / "last.ckpt"
         key_file = run_dir / "key.json"
-        key = {"stage_key": run_dir.parent.name, "fit": name, "n_train": len(train), "seed": seed}
+        key = {"stage_dir": run_dir.parent.name, "fit": name, "n_train": len(train), "seed": seed}
         if last.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != key):
             self.env.console.print(f"  [yellow]{run_dir}: checkpoint belongs to another configuration; starting "
                                    "this fit from scratch[/]")
             shutil.rmtree(ckpt_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         key_file.write_text(json.dumps(key))
-        opt = task.optim
         L.seed_everything(seed, workers=True, verbose=False)
         train_loader = self.loader(train, opt.batch_size, True, extras(train) if extras else None)
         val_loader = self.loader(val, max(opt.batch_size, 64), False, extras(val) if extras else None) \
-            if val is not None and len(val) and opt.val_every > 0 else None
-        callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="latest", save_last=True, save_top_k=1, every_n_epochs=1,
-                                     enable_version_counter=False)]
+            if has_val else None
+        callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="latest", save_last=True, save_top_k=1,
+                                     every_n_epochs=1, enable_version_counter=False)]
+        if opt.select == "best":
+            best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_score", mode="max", save_top_k=1,
+                                   enable_version_counter=False)
+            callbacks.append(best)
         if self.env.progress:
             callbacks.append(RichProgressBar(leave=False))
-        multi = self.env.devices > 1 or self.env.num_nodes > 1
         deterministic = torch.are_deterministic_algorithms_enabled()  # before the Trainer switches it on
         trainer = L.Trainer(
             accelerator=self.env.accelerator, devices=self.env.devices, num_nodes=self.env.num_nodes,
-            strategy="ddp_spawn" if multi else "auto", max_epochs=opt.epochs, deterministic=True,
+            strategy="ddp_spawn" if self.env.multi_process else "auto", max_epochs=opt.epochs, deterministic=True,
             logger=CSVLogger(run_dir, name="logs", version=0), log_every_n_steps=1, callbacks=callbacks,
             enable_progress_bar=self.env.progress, enable_model_summary=False, num_sanity_val_steps=0,
             check_val_every_n_epoch=max(opt.val_every, 1), limit_val_batches=1.0 if val_loader else 0,
             gradient_clip_val=opt.grad_clip or None, default_root_dir=run_dir)
+        if self.env.multi_process:
+            blind_all()  # the training code runs in worker processes the dependency hook cannot see
         start = time.perf_counter()
         try:
             trainer.fit(task, train_loader, val_loader, ckpt_path=last if last.exists() else None,
@@ -197,41 +268,57 @@ class StageContext:
             torch.use_deterministic_algorithms(deterministic)
         if trainer.interrupted:
             raise Interrupted(f"{self.env.spec.name}/{self.stage}/{name} interrupted; run again to resume")
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        torch.save(task.model.state_dict(), done)
-        (run_dir / "metrics.json").write_text(json.dumps({"wall_s": time.perf_counter() - start, **metrics},
+        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if opt.select == "best":
+            state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+            task.load_state_dict(state["state_dict"])
+            metrics.update(best_epoch=int(state["epoch"]), best_val_score=float(best.best_model_score))
+        final = torch.load(last, map_location="cpu", weights_only=True)
+        task.final_optimizer_state = {"optimizer": final["optimizer_states"][0],
+                                      "scheduler": final["lr_schedulers"][0]}
+        torch.save(task.final_optimizer_state, opt_file)
+        torch.save(task.state_dict(), done)
+        (run_dir / "metrics.json").write_text(json.dumps({"wall_s": time.perf_counter() - start, **metrics,
+                                                          "steps": int(trainer.global_step),
+                                                          "samples": int(trainer.global_step) * opt.batch_size},
                                                          indent=2))
         return task
 
 
-def run_stage(env: RunEnv, stage: str, previous: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], bool, float]:
-    """Run (or reuse) one stage; returns (artifacts, reused, wall seconds)."""
-    key = env.stage_key(stage)
-    workdir = env.cache_root / env.spec.name / f"{stage}-{key[:16]}"
-    artifacts_path = workdir / "artifacts.pt"
-    done_path = workdir / "done.json"
-    if done_path.exists() and artifacts_path.exists():
-        info = json.loads(done_path.read_text())
-        return torch.load(artifacts_path, map_location="cpu", weights_only=True), True, info["wall_s"]
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps({"key": key, "config": env.spec.stage_config(env.resolved, stage)},
-                                                    indent=2, default=str))
-    ctx = StageContext(env, stage, workdir, previous)
+@dataclass
+class StageOutcome:
+    artifacts: dict[str, Any]
+    reused: bool
+    wall_s: float
+    key: str               # the resolved key: static inputs plus the harness files the stage's code ran
+    entry: CacheEntry
+    reasons: list[str]
+
+
+def run_stage(env: RunEnv, stage: str, previous: dict[str, dict[str, Any]], upstream: dict[str, str]) -> StageOutcome:
+    """Run (or reuse) one stage; ``previous`` holds the artifacts and ``upstream`` the resolved keys of the stages
+    before it."""
+    label = {"profile": env.profile, "variant": env.variant, "seed": env.seed}
+    entry = CacheEntry(env.cache_root / env.spec.name, stage, env.static_inputs(stage, upstream), label)
+    hit, reasons = entry.lookup()
+    if hit:
+        return StageOutcome(entry.load_artifacts(), True, entry.info["wall_s"], entry.resolved_key, entry, [])
+    env.console.print(f"  stage [bold]{stage}[/]: training ({'; '.join(reasons)})")
+    entry.prepare_work(env.console)
+    ctx = StageContext(env, stage, entry.dir, previous)
     L.seed_everything(env.seed, workers=True, verbose=False)
     start = time.perf_counter()
-    try:
-        artifacts = getattr(env.spec.module, stage)(ctx)
-    except (StageError, Interrupted, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        raise StageError(f"{env.spec.name}: stage {stage!r} raised {type(exc).__name__}: {exc} "
-                         f"(work kept in {workdir})") from exc
+    with Recorder() as recorder:
+        try:
+            artifacts = getattr(env.spec.module, stage)(ctx)
+        except (StageError, Interrupted, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise StageError(f"{env.spec.name}: stage {stage!r} raised {type(exc).__name__}: {exc} "
+                             f"(work kept in {entry.dir})") from exc
     if not isinstance(artifacts, dict):
         raise StageError(f"{env.spec.name}: stage {stage!r} must return a dict of artifacts, got "
                          f"{type(artifacts).__name__}")
     wall = time.perf_counter() - start
-    tmp = artifacts_path.with_suffix(".tmp")
-    torch.save(artifacts, tmp)
-    os.replace(tmp, artifacts_path)
-    done_path.write_text(json.dumps({"key": key, "wall_s": wall}))
-    return artifacts, False, wall
+    entry.store(artifacts, recorder, wall)
+    return StageOutcome(artifacts, False, wall, entry.resolved_key, entry, reasons)

@@ -6,6 +6,7 @@ One training step reads top to bottom: waveform augmentations -> front-end -> fe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.config import Key, Schema
 from bench.models.base import ASCModel
 from bench.train.optim import warmup_cosine
 
@@ -24,29 +26,59 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-@dataclass
-class OptimConfig:
-    """Hyperparameters of one training run (one profile of one stage gives these)."""
+OPTIM = Schema("optim", {
+    "epochs": Key(int, 1, "training epochs"),
+    "batch_size": Key(int, 64, "clips per optimizer step (per process under DDP)"),
+    "lr": Key(float, 1e-3, "peak learning rate"),
+    "weight_decay": Key(float, 1e-4, "decoupled (adamw) or L2 (adam) weight decay"),
+    "optimizer": Key(str, "adamw", "optimizer", choices=("adamw", "adam")),
+    "schedule": Key(str, "warmup_cosine", "learning-rate schedule: linear warm-up then cosine decay, stepped per "
+                    "batch; or cosine annealing with warm restarts, stepped per epoch",
+                    choices=("warmup_cosine", "cosine_restarts")),
+    "warmup_steps": Key(int, 0, "warm-up steps (warmup_cosine)"),
+    "final_lr_factor": Key(float, 0.0, "last learning rate as a fraction of lr (warmup_cosine)"),
+    "restart_epochs": Key(int, 10, "epochs of the first cosine cycle, T_0 (cosine_restarts)"),
+    "restart_mult": Key(int, 2, "growth of each next cycle, T_mult (cosine_restarts)"),
+    "grad_clip": Key(float, 0.0, "gradient-norm clipping (0: off)"),
+    "mixup_alpha": Key(float, 0.0, "mixup Beta(alpha, alpha) on features; labels and teacher targets mixed alike "
+                       "(0: off)"),
+    "val_every": Key(int, 1, "validate every n epochs (0: never)"),
+    "select": Key(str, "last", "weights kept at the end: the last epoch, or the epoch with the best validation "
+                  "accuracy (validates every epoch)", choices=("last", "best")),
+})
 
-    epochs: int = 1
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"          # adamw | adam
-    warmup_steps: int = 0
-    final_lr_factor: float = 0.0
-    grad_clip: float = 0.0            # 0 = off
-    mixup_alpha: float = 0.0          # 0 = off; labels (and teacher targets) are mixed with the same lambda
-    val_every: int = 1                # validate every n epochs (0 = never)
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Hyperparameters of one training run: the ``OPTIM`` keys of a stage's config, defaults from ``OPTIM``."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    optimizer: str
+    schedule: str
+    warmup_steps: int
+    final_lr_factor: float
+    restart_epochs: int
+    restart_mult: int
+    grad_clip: float
+    mixup_alpha: float
+    val_every: int
+    select: str
 
     @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> "OptimConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in cfg.items() if k in names})
+    def from_config(cls, cfg: Mapping[str, Any]) -> "OptimConfig":
+        return cls(**{f.name: cfg.get(f.name, OPTIM.keys[f.name].default) for f in fields(cls)})
 
 
 def cross_entropy(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
     return F.cross_entropy(logits, batch["label"])
+
+
+def binary_cross_entropy(logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Multi-label loss on multi-hot ``batch["target"]`` (a pre-training corpus)."""
+    return F.binary_cross_entropy_with_logits(logits, batch["target"])
 
 
 def permute_batch(batch: dict[str, Any], perm: torch.Tensor) -> dict[str, Any]:
@@ -54,17 +86,33 @@ def permute_batch(batch: dict[str, Any], perm: torch.Tensor) -> dict[str, Any]:
             for k, v in batch.items()}
 
 
+def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Macro mAP over the classes that have a positive clip (the AudioSet-style multi-label metric)."""
+    order = scores.argsort(dim=0, descending=True)
+    hits = torch.gather(targets.float(), 0, order)
+    precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1, device=hits.device)[:, None]
+    positives = hits.sum(0)
+    keep = positives > 0
+    return ((precision * hits).sum(0)[keep] / positives[keep]).mean()
+
+
 class ClassifierTask(L.LightningModule):
+    """``initial_optimizer_state`` ({"optimizer", "scheduler"} state dicts, e.g. another fit's
+    ``final_optimizer_state``) resumes that optimizer and learning-rate schedule instead of starting fresh."""
+
     def __init__(self, model: ASCModel, optim: OptimConfig, wave_augment: list[nn.Module] | None = None,
-                 feature_augment: list[nn.Module] | None = None, loss: LossFn = cross_entropy):
+                 feature_augment: list[nn.Module] | None = None, loss: LossFn = cross_entropy,
+                 initial_optimizer_state: dict[str, Any] | None = None):
         super().__init__()
         self.model = model
         self.optim = optim
         self.wave_augment = nn.ModuleList(wave_augment or [])
         self.feature_augment = nn.ModuleList(feature_augment or [])
         self.loss_fn = loss
+        self.initial_optimizer_state = initial_optimizer_state
+        self.final_optimizer_state: dict[str, Any] | None = None  # set by StageContext.fit
         self._val_logits: list[torch.Tensor] = []
-        self._val_labels: list[torch.Tensor] = []
+        self._val_targets: list[torch.Tensor] = []
         self.val_history: list[dict[str, float]] = []
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
@@ -93,29 +141,45 @@ class ClassifierTask(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._val_logits.append(self.model(batch["wave"]).float())
-        self._val_labels.append(batch["label"])
+        self._val_targets.append(batch["target"] if "target" in batch else batch["label"])
 
     def on_validation_epoch_end(self) -> None:
+        """Single-label: macro class-wise accuracy and cross-entropy; multi-label: mAP and BCE. ``val_score`` is
+        the one a ``select = "best"`` fit keeps the best epoch of."""
         if not self._val_logits:
             return
-        logits = self.all_gather(torch.cat(self._val_logits)).reshape(-1, self._val_logits[0].shape[-1])
-        labels = self.all_gather(torch.cat(self._val_labels)).reshape(-1)
+        n_classes = self._val_logits[0].shape[-1]
+        logits = self.all_gather(torch.cat(self._val_logits)).reshape(-1, n_classes)
+        targets = self.all_gather(torch.cat(self._val_targets))
         self._val_logits.clear()
-        self._val_labels.clear()
-        pred = logits.argmax(1)
-        classes = labels.unique()
-        macro = torch.stack([(pred[labels == c] == c).float().mean() for c in classes]).mean()
-        loss = F.cross_entropy(logits, labels)
-        self.log("val_macro_acc", macro, prog_bar=True, sync_dist=False)
-        self.log("val_loss", loss, sync_dist=False)
+        self._val_targets.clear()
+        if targets.is_floating_point():  # multi-hot
+            targets = targets.reshape(-1, n_classes)
+            score = mean_average_precision(logits, targets)
+            loss = F.binary_cross_entropy_with_logits(logits, targets)
+            metrics = {"val_map": score, "val_loss": loss}
+        else:
+            labels = targets.reshape(-1)
+            pred = logits.argmax(1)
+            score = torch.stack([(pred[labels == c] == c).float().mean() for c in labels.unique()]).mean()
+            metrics = {"val_macro_acc": score, "val_loss": F.cross_entropy(logits, labels)}
+        self.log_dict({**metrics, "val_score": score}, prog_bar=False, sync_dist=False)
         if not self.trainer.sanity_checking:
-            self.val_history.append({"epoch": self.current_epoch, "val_macro_acc": float(macro),
-                                     "val_loss": float(loss)})
+            self.val_history.append({"epoch": self.current_epoch, **{k: float(v) for k, v in metrics.items()}})
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[self.optim.optimizer]
         opt = cls(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = warmup_cosine(opt, self.optim.warmup_steps, total, self.optim.final_lr_factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if self.optim.schedule == "cosine_restarts":
+            sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, self.optim.restart_epochs,
+                                                                         self.optim.restart_mult)
+            interval = "epoch"
+        else:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            sched = warmup_cosine(opt, self.optim.warmup_steps, total, self.optim.final_lr_factor)
+            interval = "step"
+        if self.initial_optimizer_state is not None:
+            opt.load_state_dict(self.initial_optimizer_state["optimizer"])
+            sched.load_state_dict(self.initial_optimizer_state["scheduler"])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}

@@ -1,4 +1,4 @@
-"""The DCASE 2025 Task 1 baseline, reimplemented (architectures.md §2).
+"""The DCASE 2025 Task 1 baseline, reimplemented (Schmid et al., arXiv:2505.01747; CPJKU/dcase2025_task1_baseline).
 
 1. general: CP-Mobile trained on the training split with AdamW, warm-up + cosine schedule (per step), time roll,
    frequency masking and Freq-MixStyle; the last epoch is kept (as the official recipe).
@@ -8,40 +8,35 @@ Deployment: fp16; devices without a model (s4-s6, unknown) use the general model
 
 from __future__ import annotations
 
-import torch
+from bench.config import reads
+from bench.models import MODEL
+from bench.submission import DEPLOY, ModelSubmission
+from bench.train.recipes import AUGMENT, PER_DEVICE, fine_tune_per_device, make_task
+from bench.train.task import OPTIM
 
-from bench.submission import ModelSubmission
-from bench.train.recipes import fine_tune_per_device, make_task
 
-
+@reads(MODEL, OPTIM, AUGMENT)
 def general(ctx) -> dict:
     model = ctx.create_model()
     ctx.fit(make_task(ctx, model, ctx.config), ctx.clips("fit"), ctx.clips("val"))
     return {"general": model.state_dict()}
 
 
+@reads(MODEL, OPTIM, AUGMENT, PER_DEVICE)
 def device_specific(ctx) -> dict:
     return fine_tune_per_device(ctx, ctx.previous["general"]["general"])
 
 
-def _load(ctx, state):
-    model = ctx.create_model()
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def _deploy_dtype(ctx) -> torch.dtype:
-    return getattr(torch, ctx.config["deploy_dtype"])
-
-
+@reads(MODEL, DEPLOY)
 def submission(ctx) -> ModelSubmission:
-    general_model = _load(ctx, ctx.previous["general"]["general"])
-    devices = {d: _load(ctx, s) for d, s in ctx.previous["device_specific"].items()}
-    return ModelSubmission.from_models("baseline", general_model, ctx.classes, devices, dtype=_deploy_dtype(ctx))
+    devices = {d: ctx.create_model(state=s) for d, s in ctx.previous["device_specific"].items()}
+    general_model = ctx.create_model(state=ctx.previous["general"]["general"])
+    return ModelSubmission.per_device("baseline", ctx.classes, general_model, devices, ctx.config["deploy_dtype"])
 
 
+@reads(MODEL, DEPLOY)
 def extra_submissions(ctx) -> dict:
     """The general model alone, so the board shows what device-specific fine-tuning adds."""
-    general_model = _load(ctx, ctx.previous["general"]["general"])
-    return {"general": (ModelSubmission.from_models("baseline-general", general_model, ctx.classes,
-                                                    dtype=_deploy_dtype(ctx)), "ablation")}
+    general_model = ctx.create_model(state=ctx.previous["general"]["general"])
+    return {"general": (ModelSubmission.single("baseline-general", general_model, ctx.classes,
+                                               ctx.config["deploy_dtype"]), "ablation")}

@@ -1,0 +1,90 @@
+"""Static INT8 post-training quantization per device model, as a reusable stage body.
+
+Each device model is calibrated on its own device's validation clips; a device with fewer than ``min_device_clips``
+of them (and the general ``unknown`` model) is calibrated on all validation clips instead, and the record says so.
+The INT8 model must keep its float model's accuracy on the same validation clips: a drop of more than
+``max_int8_drop`` (default 1 point of macro class-wise accuracy) is written into the submission's notes, so the
+leaderboard row says it. The test split is never used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.config import Key, Schema
+from bench.data.clips import ClipSet
+from bench.models.base import ASCModel
+from bench.score.metrics import macro_accuracy
+from bench.score.quantize import observe_static
+from bench.submission import UNKNOWN, Deployment, ModelSubmission
+from bench.train.stages import StageContext
+
+PTQ = Schema("ptq", {
+    "calib_clips": Key(int, 256, "validation clips each device model is calibrated on (at most)"),
+    "min_device_clips": Key(int, 64, "fewer validation clips of a device than this: calibrate on all of them"),
+    "max_int8_drop": Key(float, 0.01, "largest INT8 - float loss of validation macro accuracy accepted silently"),
+    "calib_batch_size": Key(int, 64, "clips per calibration batch"),
+})
+
+
+@torch.inference_mode()
+def _logits(frontend: torch.nn.Module, net: torch.nn.Module, clips: ClipSet, batch: int = 128) -> np.ndarray:
+    rows = clips.rows
+    out = [net(frontend(torch.from_numpy(clips.store.waveforms(rows[i:i + batch])))).float()
+           for i in range(0, len(rows), batch)]
+    return torch.cat(out).numpy()
+
+
+def _macro(clips: ClipSet, logits: np.ndarray) -> float:
+    labels = clips.labels
+    return macro_accuracy(labels, (logits.argmax(1) == labels).astype(np.float64), len(clips.classes))
+
+
+def quantize_per_device(ctx: StageContext, models: Mapping[str, ASCModel]) -> dict[str, Any]:
+    """INT8 of each ``{device: float model}`` (``unknown``: the general model), calibrated and checked on
+    validation clips. Returns artifacts for :func:`ptq_submission`: per device the architecture, the observed
+    prepared state and the calibration/accuracy record."""
+    cfg = ctx.config
+    val = ctx.clips("val")
+    rng = np.random.default_rng(ctx.seed)
+    out: dict[str, Any] = {"models": {}, "report": {}}
+    for device, model in models.items():
+        model.eval()
+        own = val if device == UNKNOWN else val.of_devices([device])
+        fallback = len(own) < cfg["min_device_clips"]
+        calib = val if fallback else own
+        pick = np.sort(rng.choice(len(calib), size=min(len(calib), cfg["calib_clips"]), replace=False))
+        chosen = ClipSet(calib.store, calib.frame.iloc[pick], calib.classes, calib.device_vocab)
+        with torch.inference_mode():
+            feats = model.frontend(torch.from_numpy(chosen.store.waveforms(chosen.rows)))
+        observed = observe_static(model.net, list(torch.split(feats, cfg["calib_batch_size"])), feats[:1])
+        record = {"calibration": f"{len(chosen)} validation clips of " + (
+            f"all devices ({device} has {len(own)} < {cfg['min_device_clips']})" if fallback and device != UNKNOWN
+            else "all devices" if device == UNKNOWN else f"device {device}")}
+        deployed = Deployment(model.arch_name, model.arch_config, "int8-ptq", observed.state_dict())
+        check = own if len(own) else val
+        float_acc = _macro(check, _logits(model.frontend, model.net, check))
+        int8_acc = _macro(check, _logits(deployed.frontend, deployed.net, check))
+        record.update(validation_clips=len(check), float_val_acc=float_acc, int8_val_acc=int8_acc,
+                      drop=float_acc - int8_acc, limit=cfg["max_int8_drop"],
+                      within_limit=float_acc - int8_acc <= cfg["max_int8_drop"])
+        out["models"][device] = {"arch": model.arch_name, "arch_config": model.arch_config,
+                                 "state": observed.state_dict()}
+        out["report"][device] = record
+        ctx.env.console.print(f"    INT8 {device}: validation {100 * float_acc:.1f} → {100 * int8_acc:.1f} % "
+                              f"({record['calibration']})")
+    return out
+
+
+def ptq_submission(name: str, class_order, artifacts: Mapping[str, Any]) -> ModelSubmission:
+    """The INT8 submission from :func:`quantize_per_device` artifacts; a device model that lost more than the
+    stage's ``max_int8_drop`` on validation is named in the notes."""
+    deployments = {dev: Deployment(m["arch"], m["arch_config"], "int8-ptq", m["state"], artifacts["report"][dev])
+                   for dev, m in artifacts["models"].items()}
+    notes = [f"INT8 PTQ loses {100 * r['drop']:.1f} points of validation macro accuracy on device model {dev} "
+             f"(limit {100 * r['limit']:.1f})" for dev, r in artifacts["report"].items() if not r["within_limit"]]
+    return ModelSubmission(name, class_order, deployments, notes)
