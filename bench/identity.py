@@ -73,9 +73,18 @@ def harness_files() -> dict[str, str]:
             if rel.endswith(".py")}
 
 
+_AT_START = harness_files()  # the code this process runs is the code as it was when it started
+
+
+def running_harness() -> dict[str, str]:
+    """The harness files as this process runs them: their digests when it started (later edits are not running)."""
+    return {**harness_files(), **_AT_START}
+
+
 def harness_digest() -> str:
-    """One hash of the whole harness source: identifies the code when there is no git commit (a wheel install)."""
-    return digest_of(harness_files())
+    """One hash of the whole harness source as this process runs it: identifies the code when there is no git
+    commit (a wheel install)."""
+    return digest_of(running_harness())
 
 
 def digest_of(obj: Any) -> str:
@@ -143,8 +152,10 @@ class Recorder:
         self.complete = False
 
     def dependencies(self) -> dict[str, str]:
-        """``{bench/...: sha256}`` of the harness files that ran (all of them when incomplete), plus those noted."""
-        files = harness_files()
+        """``{bench/...: sha256}`` of the harness files that ran (all of them when incomplete), plus those noted.
+        Digests are of the files as they were when this process started: that is the code that ran, even if a file
+        is edited while a stage trains (the next run then sees the edit)."""
+        files = running_harness()
         if self.complete:
             names = {n for n in map(harness_name, self.seen) if n is not None} - {_OWN}
             files = {n: d for n, d in files.items() if n in names}

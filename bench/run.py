@@ -141,6 +141,7 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     options = score_options or ScoreOptions(seed=seed)
     cache = InputCache()
     stages_column = {s["stage"]: {k: v for k, v in s.items() if k != "stage"} for s in result.stages}
+    notes += [n for outcome in outcomes.values() for n in outcome.notes]
     for key, (sub, kind) in submissions.items():
         start = time.perf_counter()
         # teachers show the ceiling: accuracy and complexity only (they are not deployed, so no INT8 or energy)
@@ -178,7 +179,7 @@ def _stage_record(stage: str, outcome: StageOutcome) -> dict[str, Any]:
     info = outcome.entry.info or {}
     return {"stage": stage, "key": outcome.key, "reused": outcome.reused, "wall_s": outcome.wall_s,
             "trained_by": info.get("trained_by"), "cache_dir": str(outcome.entry.dir),
-            "reasons": outcome.reasons}
+            "reasons": outcome.reasons, "notes": outcome.notes}
 
 
 def _who(outcome: StageOutcome) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.config import (ConfigError, Key, Schema, StageConfig, check_table, check_value, declared, merge,
                           unknown_key_message, with_defaults)
-from bench.identity import digest_of, folder_files
+from bench.identity import folder_files
 from bench.loaded_systems import register_folder
 from bench.paths import find_system, system_search_roots
 
@@ -226,21 +226,19 @@ def system_name(folder: Path) -> str | None:
 def import_package(folder: Path, module: str = "system") -> ModuleType:
     """Import ``module`` of a system folder, the folder being a package (``bench.loaded_systems.<slug>``)."""
     package = register_folder(folder)
+    source = Path(folder) / f"{module}.py"
     try:
         return importlib.import_module(f"{package}.{module}")
     except ModuleNotFoundError as exc:
-        sibling = exc.name and (Path(folder) / f"{exc.name.split('.')[0]}.py").exists() or \
-            exc.name and (Path(folder) / exc.name.split(".")[0]).is_dir()
-        if sibling:
-            raise SystemError_(f"{Path(folder) / (module + '.py')}: imports {exc.name!r}, a module of the system "
-                               f"folder itself, as a top-level module; a system folder is imported as a package, "
-                               f"so write `from . import {exc.name.split('.')[0]}` (or `from .{exc.name} import "
-                               "...`)") from exc
-        raise SystemError_(f"{Path(folder) / (module + '.py')}: failed to import (ModuleNotFoundError: {exc}); "
-                           f"pip install the package that provides {exc.name!r}") from exc
+        top = (exc.name or "").split(".")[0]
+        if top and ((Path(folder) / f"{top}.py").is_file() or (Path(folder) / top).is_dir()):
+            raise SystemError_(f"{source}: imports {exc.name!r}, a module of the system folder itself, as a "
+                               f"top-level module; a system folder is imported as a package, so write "
+                               f"`from . import {top}` (or `from .{exc.name} import ...`)") from exc
+        raise SystemError_(f"{source}: failed to import (ModuleNotFoundError: {exc}); pip install the package "
+                           f"that provides {top!r}") from exc
     except Exception as exc:
-        raise SystemError_(f"{Path(folder) / (module + '.py')}: failed to import ({type(exc).__name__}: "
-                           f"{exc})") from exc
+        raise SystemError_(f"{source}: failed to import ({type(exc).__name__}: {exc})") from exc
 
 
 def _import(spec: SystemSpec) -> ModuleType:

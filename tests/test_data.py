@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +266,28 @@ def test_validation_is_carved_by_location(smoke_store):
     assert set(val["scene_label"]) == set(train["scene_label"])
     again, _ = carve_validation(train, 0.2, seed=3)
     assert again.index.equals(fit.index)
+
+
+def test_problems_stay_whole_and_greppable_in_a_ci_log(tau22, tmp_path):
+    """`bench data check DIR | cat`: stdout is a pipe, so nothing may be wrapped or cut."""
+    meta = pd.read_csv(tau22 / "meta.csv", sep="\t")
+    old = meta.loc[1, "filename"]
+    new = "audio/" + "a-very-long-recording-name-" * 8 + "lisbon-1-0-b.wav"
+    raw = (tau22 / old).read_bytes()
+    (tau22 / new).write_bytes(raw[: len(raw) // 2])  # truncated
+    (tau22 / old).unlink()
+    meta.loc[1, "filename"] = new
+    meta.to_csv(tau22 / "meta.csv", sep="\t", index=False)
+    split = pd.read_csv(tau22 / "split25.csv", sep="\t").replace(old, new)
+    split.to_csv(tau22 / "split25.csv", sep="\t", index=False)
+    piped = subprocess.run([sys.executable, "-c", "from bench.cli import main; main()", "data", "check", str(tau22)],
+                           capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 1
+    line = next(line for line in piped.stdout.splitlines() if str(tau22 / new) in line)  # the whole path, one line
+    assert "truncated" in line and "re-download" in line
+    as_json = runner.invoke(app, ["data", "check", str(tau22), "--json"])
+    assert as_json.exit_code == 1
+    problems = json.loads(as_json.stdout)["problems"]
+    assert {"kind": "truncated", "where": str(tau22 / new)} == {k: v for k, v in problems[0].items() if k != "problem"}
+    prepared = runner.invoke(app, ["data", "prepare", str(tau22), "--store", str(tmp_path / "s"), "--json"])
+    assert prepared.exit_code == 1 and json.loads(prepared.stdout)["failed"][0].startswith(str(tau22 / new))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 from bench.paths import SYSTEMS_DIR, data_home
 from bench.run import run_system

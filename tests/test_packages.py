@@ -268,3 +268,16 @@ def test_exported_submission_scores_identically_as_a_package(smoke_dataset, tmp_
     same = ["macro_acc", "log_loss", "acc_per_device", "max_macs", "max_param_bytes", "complexity_per_device",
             "compliant", "deploy_dtype", "dataset_fingerprint"]
     assert rows.loc[0, same].to_dict() == rows.loc[1, same].to_dict()
+
+
+def test_an_own_subfolder_imported_as_a_top_level_module_gets_a_sys_path_hint(tmp_path):
+    from bench.packages.loader import missing_dependency
+
+    package = tmp_path / "Foo_task1"
+    (package / "models").mkdir(parents=True)
+    (package / "helpers.py").write_text("")
+    for name in ("models", "helpers"):
+        hint = missing_dependency(ModuleNotFoundError(f"No module named {name!r}", name=name), "Foo_task1", package)
+        assert "sys.path" in hint and f"Foo_task1.{name}" in hint and "pip install" not in hint
+    other = missing_dependency(ModuleNotFoundError("No module named 'sklearn'", name="sklearn"), "Foo_task1", package)
+    assert other.endswith("pip install scikit-learn")

@@ -18,6 +18,7 @@ from bench.paths import board_path, system_search_roots
 from bench.run import RunResult, run_system
 from bench.runs import list_runs
 from bench.score.leaderboard import BoardError
+from bench.score.scorer import ScoreOptions
 from bench.submission import SubmissionError
 from bench.system import SystemError_, check_system, discover
 from bench.train.stages import Interrupted, StageError
@@ -86,6 +87,8 @@ def run(system: str = typer.Argument(..., help="system folder (e.g. systems/base
         splits_dir: Optional[str] = typer.Option(None, help="folder holding split25.csv/test.csv when they are not "
                                                             "next to the data"),
         progress: bool = typer.Option(True, help="show training progress bars"),
+        int8: bool = typer.Option(True, help="also quantize float submissions to INT8 (static PTQ) and score that"),
+        energy: bool = typer.Option(True, help="also measure inference energy per clip"),
         as_json: bool = typer.Option(False, "--json", help="print the run (folder, stages, rows) as JSON")) -> None:
     """Train every stage of a system, score it, and append the result to the leaderboard."""
     target = None if board == "none" else board_path(board)
@@ -93,7 +96,7 @@ def run(system: str = typer.Argument(..., help="system folder (e.g. systems/base
         try:
             result = run_system(system, data, profile, seed, variant, target, accelerator, devices, train_split,
                                 progress and not as_json, num_nodes, err.get() if as_json else out.get(),
-                                splits_dir=splits_dir)
+                                ScoreOptions(seed=seed, int8=int8, energy=energy), splits_dir=splits_dir)
         except RUN_ERRORS as exc:
             err.print(f"[red]error:[/] {exc}")
             raise typer.Exit(130 if isinstance(exc, Interrupted) else 1)

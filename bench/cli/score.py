@@ -4,7 +4,6 @@ official package."""
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,7 +11,6 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                            TimeRemainingColumn)
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 

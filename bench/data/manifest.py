@@ -99,6 +99,14 @@ def parse_manifest(data: dict[str, Any], path: Path | None = None) -> Manifest:
         path=path)
 
 
+def manifest_ref(manifest: Manifest) -> str:
+    """How to find ``manifest`` again: its name when it ships with ascbench, else its file (a dataset's own)."""
+    shipped = MANIFEST_DIR / f"{manifest.name}.json"
+    if manifest.path is None or (shipped.exists() and Path(manifest.path).resolve() == shipped.resolve()):
+        return manifest.name
+    return str(Path(manifest.path).resolve())
+
+
 def load_manifest(name_or_path: str | Path) -> Manifest:
     """Load ``data_manifests/<name>.json`` or an explicit JSON path (a dataset may carry its own manifest)."""
     path = Path(name_or_path).expanduser()

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.audio import CLIP_SAMPLES, TARGET_SR, AudioIssue, AudioReadError, decode, fit_length, resample
+from bench.data.manifest import manifest_ref
 from bench.data.tau import Dataset, DatasetError, open_dataset
 from bench.paths import data_home
 
@@ -125,7 +126,7 @@ def prepare(root: str | Path, splits: list[str] | None = None, store_dir: Path |
                 (store_dir / f).unlink(missing_ok=True)
     store_dir.mkdir(parents=True, exist_ok=True)
     n = len(filenames)
-    info = {"version": STORE_VERSION, "dataset": dataset.name, "manifest": dataset.manifest.name,
+    info = {"version": STORE_VERSION, "dataset": dataset.name, "manifest": manifest_ref(dataset.manifest),
             "source": str(dataset.root), "source_state": state, "n": n, "sample_rate": TARGET_SR,
             "samples": CLIP_SAMPLES, "splits": splits, "complete": False}
     info_path.write_text(json.dumps(info, indent=2))

@@ -1,5 +1,5 @@
-"""CP-Mobile as simplified for the DCASE 2025 baseline (architectures.md §2.2): 61,148 parameters and
-29,419,156 MACs at 1x1x256x65 under the official torchinfo count."""
+"""CP-Mobile as simplified for the DCASE 2025 baseline (CPJKU/dcase2025_task1_baseline, models/net.py, README.md):
+61,148 parameters and 29,419,156 MACs at 1x1x256x65 under the official torchinfo count."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""CP-ResNet 128K, the CPJKU DCASE23 CNN teacher (architectures.md §8): rho 8, widths 32/64/92, blocks (2, 1, 1),
-grouped stage-2 convs. 127,684 parameters and 28,840,396 MACs at 1x1x256x43 under the torchinfo count.
+"""CP-ResNet 128K, the CPJKU DCASE23 CNN teacher (fschmid56/cpjku_dcase23, models/cp_resnet.py): rho 8, widths
+32/64/92, blocks (2, 1, 1), grouped stage-2 convs. 127,684 parameters and 28,840,396 MACs at 1x1x256x43 under the
+torchinfo count.
 
 With rho 8 the receptive-field rule leaves this fixed layout (kernel sizes per block written out below rather than
 derived from rho): every conv pads ``k // 3`` (= ``k // 2`` for k in {1, 3}), max-pools follow the stem and each

@@ -1,4 +1,4 @@
-"""DS-FlexiNet (Chen et al., arXiv 2412.20722; architectures.md §6). No public code exists: the layout below follows
+"""DS-FlexiNet (Chen et al., arXiv 2412.20722). No public code exists: the layout below follows
 the paper's text, and the per-variant widths were chosen to reproduce its published parameter and MAC counts
 (docs/models.md lists the choices and the exact resulting numbers).
 

@@ -1,4 +1,5 @@
-"""Mel front-ends. Each architecture names the one its published recipe uses (see architectures.md §2.1, §7, §8)."""
+"""Mel front-ends. Each architecture names the one its published recipe uses (see CPJKU/dcase2025_task1_baseline,
+train_base.py; fschmid56/cpjku_dcase23, run_passt_training.py and run_cp-resnet_training.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def preemphasis(wave: torch.Tensor) -> torch.Tensor:
 
 
 class CpMel(nn.Module):
-    """The CPJKU ``AugmentMelSTFT`` recipe (architectures.md §3.2, §12.8), used by CP-Mobile, CP-ResNet and PaSST.
+    """The CPJKU ``AugmentMelSTFT`` recipe (kkoutini/PaSST, models/preprocess.py; fschmid56/cpjku_dcase23,
+    models/mel.py), used by CP-Mobile, CP-ResNet and PaSST.
 
     Pre-emphasis FIR [-0.97, 1] (drops one sample, hence 64 rather than 65 frames at hop 500) -> STFT with a
     symmetric Hann window, ``center=True`` -> power -> Kaldi mel banks -> ``log(x + 1e-5)`` -> (train only)

@@ -1,5 +1,5 @@
-"""PaSST (Koutini et al., "Efficient Training of Audio Transformers with Patchout"; architectures.md §7), the
-transformer teacher of the CPJKU DCASE23 ensemble.
+"""PaSST (Koutini et al., "Efficient Training of Audio Transformers with Patchout"; fschmid56/cpjku_dcase23,
+models/passt.py), the transformer teacher of the CPJKU DCASE23 ensemble.
 
 A ViT over a 128-mel spectrogram: overlapping 16x16 patches at stride 10, separate learnable frequency and time
 positional embeddings (the time table is cropped to the input, at a random offset in training), DeiT-style cls and

@@ -1,4 +1,5 @@
-"""Residual Normalization (architectures.md §6, §10.7): ``RN(x) = lam * x + IN(x)`` with a trainable scalar ``lam``.
+"""Residual Normalization (Chen et al., arXiv 2412.20722; Kim et al., arXiv 2111.06531; yqcai888/easy_dcase_task1,
+model/shared.py): ``RN(x) = lam * x + IN(x)`` with a trainable scalar ``lam``.
 
 ``IN`` is an affine-free instance normalisation; the axis option chooses whose statistics it takes, per sample:
 

@@ -80,7 +80,8 @@ def _dtype_label(module: nn.Module, dtype: torch.dtype | str | None) -> str:
 
 def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     """Q.K^T plus A.V for any leading batch/head dims; registered because the fused CPU SDPA kernel has no
-    formula in FlopCounterMode and would otherwise count 0 (harness.md §2.1)."""
+    formula in FlopCounterMode and would otherwise count 0
+    (pytorch/pytorch#195460; PyTorch 'FlopCounterMode' docs)."""
     *lead, q_len, qk_dim = query_shape
     kv_len, v_dim = key_shape[-2], value_shape[-1]
     return 2 * prod(lead) * q_len * kv_len * (qk_dim + v_dim)

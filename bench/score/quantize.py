@@ -4,7 +4,8 @@ Method: PyTorch FX graph-mode quantization (``torch.ao.quantization.quantize_fx`
 default qconfig mappings (per-channel symmetric qint8 weights, quint8 activations; ``qnnpack`` on machines without
 the x86 engine), run by oneDNN kernels (see ``_select_engine``). Why this one:
 
-- it runs in torch 2.11: ``torch.ao.quantization`` is deprecated but not removed (harness.md §5);
+- it runs in torch 2.11: ``torch.ao.quantization`` is deprecated but not removed (pytorch/pytorch#153892;
+  pytorch/ao#2259; PyTorch 'Quantization' docs);
 - static post-training quantization and quantization-aware training share the same prepare/convert path;
 - it needs no extra dependency;
 - the PT2E + torchao path silently quantizes nothing unless the model is exported with ``strict=True``, and ONNX

@@ -20,7 +20,8 @@ import torch
 from rich.console import Console
 
 from bench import __version__
-from bench.identity import Recorder, digest_of, explain_change, harness_digest, harness_files, stale_dependencies
+from bench.identity import (Recorder, digest_of, explain_change, harness_digest, harness_files, running_harness,
+                            stale_dependencies)
 from bench.provenance import git_state, utc_now
 
 
@@ -101,7 +102,7 @@ class CacheEntry:
                 shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         if not started.exists():
-            write_json(started, {"static": self.static, "harness_files": harness_files()})
+            write_json(started, {"static": self.static, "harness_files": running_harness()})
 
     def _changed_since_start(self, started: dict[str, Any]) -> list[str]:
         current = harness_files()

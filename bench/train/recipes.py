@@ -82,11 +82,14 @@ def fine_tune_per_device(ctx: StageContext, base_state: dict[str, Any], devices:
     out = {}
     for device in devices or list(ctx.manifest.training_devices):
         cfg = per_device_config(ctx.config, device)
-        train = ctx.clips("fit", [device])
+        train, val = ctx.clips("fit", [device]), ctx.clips("val", [device])
         if len(train) == 0:
+            ctx.note(f"{ctx.stage}: device {device} has no training clips; it uses the general model")
             continue
-        model = ctx.create_model()
-        model.load_state_dict(base_state)
-        ctx.fit(build(model, cfg), train, ctx.clips("val", [device]), name=f"device-{device}", extras=extras)
+        if cfg["select"] == "best" and len(val) == 0:
+            ctx.note(f"{ctx.stage}: device {device} has no validation clips; its last epoch is kept, not its best")
+            cfg = cfg.replace(select="last")
+        model = ctx.create_model(state=base_state)
+        ctx.fit(build(model, cfg), train, val, name=f"device-{device}", extras=extras)
         out[device] = model.state_dict()
     return out

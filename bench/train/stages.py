@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
-import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
@@ -34,7 +33,7 @@ from bench.data.store import Store
 from bench.models import create_model
 from bench.models.base import ASCModel
 from bench.system import SystemSpec
-from bench.identity import Recorder, blind_all
+from bench.identity import Recorder, blind_all, library_versions
 from bench.train.cache import CacheEntry
 from bench.train.task import ClassifierTask, NonFiniteLossError
 
@@ -135,7 +134,7 @@ class RunEnv:
         data = self.stage_data(config)
         return {"system": self.spec.name, "stage": stage, "config": config.to_dict(), "upstream": upstream,
                 "system_files": self.spec.files(), "data": data.identity(), "seed": self.seed,
-                "profile": self.profile,
+                "profile": self.profile, "libraries": library_versions(),
                 "world": {"accelerator": self.accelerator, "devices": self.devices, "num_nodes": self.num_nodes}}
 
 
@@ -153,6 +152,12 @@ class StageContext:
         self.data = env.stage_data(self.config)
         self.manifest = self.data.manifest
         self.classes = list(self.data.classes)
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        """Something the rows of this run must say (a fallback taken, something left out); kept with the stage."""
+        self.notes.append(text)
+        self.env.console.print(f"  [yellow]note:[/] {text}")
 
     # -- data -------------------------------------------------------------------------------------------------------
     def clips(self, part: str = "fit", devices: list[str] | None = None) -> ClipSet:
@@ -294,6 +299,10 @@ class StageOutcome:
     entry: CacheEntry
     reasons: list[str]
 
+    @property
+    def notes(self) -> list[str]:
+        return list((self.entry.info or {}).get("notes", []))
+
 
 def run_stage(env: RunEnv, stage: str, previous: dict[str, dict[str, Any]], upstream: dict[str, str]) -> StageOutcome:
     """Run (or reuse) one stage; ``previous`` holds the artifacts and ``upstream`` the resolved keys of the stages
@@ -312,13 +321,15 @@ def run_stage(env: RunEnv, stage: str, previous: dict[str, dict[str, Any]], upst
         try:
             artifacts = getattr(env.spec.module, stage)(ctx)
         except (StageError, Interrupted, KeyboardInterrupt):
+            entry.note_interrupted(recorder)
             raise
         except Exception as exc:
+            entry.note_interrupted(recorder)
             raise StageError(f"{env.spec.name}: stage {stage!r} raised {type(exc).__name__}: {exc} "
                              f"(work kept in {entry.dir})") from exc
     if not isinstance(artifacts, dict):
         raise StageError(f"{env.spec.name}: stage {stage!r} must return a dict of artifacts, got "
                          f"{type(artifacts).__name__}")
     wall = time.perf_counter() - start
-    entry.store(artifacts, recorder, wall)
+    entry.store(artifacts, recorder, wall, notes=ctx.notes)
     return StageOutcome(artifacts, False, wall, entry.resolved_key, entry, reasons)

@@ -6,6 +6,7 @@ One training step reads top to bottom: waveform augmentations -> front-end -> fe
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Callable
@@ -179,7 +180,8 @@ class ClassifierTask(L.LightningModule):
             total = max(1, int(self.trainer.estimated_stepping_batches))
             sched = warmup_cosine(opt, self.optim.warmup_steps, total, self.optim.final_lr_factor)
             interval = "step"
-        if self.initial_optimizer_state is not None:
-            opt.load_state_dict(self.initial_optimizer_state["optimizer"])
-            sched.load_state_dict(self.initial_optimizer_state["scheduler"])
+        if self.initial_optimizer_state is not None:  # a copy: Adam steps its state tensors in place
+            state = copy.deepcopy(self.initial_optimizer_state)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}

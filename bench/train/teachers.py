@@ -100,14 +100,16 @@ def _load_checkpoint(model: ASCModel, cfg: dict[str, Any]) -> None:
 
 def teacher_entry(ctx: StageContext, cfg: dict[str, Any]) -> CacheEntry:
     """The shared cache entry of one teacher: its config (with a checkpoint file's content hash), the data, seed,
-    process layout and libraries."""
+    process layout and libraries — and the system's files when the teacher is one of the system's own architectures
+    (a harness architecture's teacher is shared by every system)."""
     from bench.identity import file_digest
 
     checkpoint = Path(cfg["checkpoint"]).expanduser() if cfg["checkpoint"] else None
     static = {"teacher": cfg, "checkpoint_sha256": file_digest(checkpoint) if checkpoint and checkpoint.exists()
               else None, "data": ctx.data.identity(), "seed": ctx.seed, "libraries": library_versions(),
               "world": {"accelerator": ctx.env.accelerator, "devices": ctx.env.devices,
-                        "num_nodes": ctx.env.num_nodes}}
+                        "num_nodes": ctx.env.num_nodes},
+              "system_files": ctx.env.spec.files() if "/" in cfg["model"] else None}
     return CacheEntry(data_home() / "cache" / "teachers", cfg["name"], static)
 
 

@@ -1,0 +1,33 @@
+"""Loading pre-trained weights into a model whose classification head differs (a new label space), key by key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from bench.models.base import ASCModel
+
+HEAD_PREFIXES = ("net.head.",)  # every registry network names its classifier ``head``
+
+
+def load_pretrained(model: ASCModel, state: Mapping[str, torch.Tensor],
+                    head: Sequence[str] = HEAD_PREFIXES) -> list[str]:
+    """Load ``state`` into ``model`` except the keys under ``head`` (left as initialised, e.g. a 10-class head
+    after a pre-training head over other classes). Every other key must be present with the same shape; a
+    ValueError names the first that is not. Returns the keys left out, in the model's order."""
+    own = model.state_dict()
+    dropped = [k for k in own if k.startswith(tuple(head))]
+    for key, value in own.items():
+        if key in dropped:
+            continue
+        if key not in state:
+            raise ValueError(f"pre-trained weights are missing {key}")
+        if state[key].shape != value.shape:
+            raise ValueError(f"{key}: shape {tuple(state[key].shape)} in the pre-trained weights, "
+                             f"{tuple(value.shape)} in the model")
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        raise ValueError(f"pre-trained weights hold keys the model does not have, e.g. {unexpected[0]}")
+    model.load_state_dict({**{k: state[k] for k in own if k not in dropped}, **{k: own[k] for k in dropped}})
+    return dropped
