@@ -157,7 +157,8 @@ class Recorder:
         is edited while a stage trains (the next run then sees the edit)."""
         files = running_harness()
         if self.complete:
-            names = {n for n in map(harness_name, self.seen) if n is not None} - {_OWN}
+            seen = list(self.seen)  # a C-level copy: naming the files below runs Python code the hook records
+            names = {n for n in map(harness_name, seen) if n is not None} - {_OWN}
             files = {n: d for n, d in files.items() if n in names}
         return {**files, **self.extra}
 

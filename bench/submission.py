@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from bench.config import Key, Schema
+from bench.errors import SubmissionError
 from bench.identity import digest_of, folder_files
 from bench.models import create_model
 from bench.models.base import SAMPLE_RATE, ASCModel
-from bench.score.quantize import observe_static, rebuild_int8
+from bench.score.quantize import convert_prepared, observe_static, rebuild_int8
 
 # The device ids the official complexity check (test_complexity.py) walks through.
 OFFICIAL_DEVICES = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10")
@@ -38,10 +39,6 @@ FORMAT = 2
 
 DEPLOY = Schema("deploy", {"deploy_dtype": Key(str, "float32", "dtype the float device models are deployed in",
                                                choices=("float32", "float16"))})
-
-
-class SubmissionError(RuntimeError):
-    """Something about a submission that a user must fix; the message names the submission."""
 
 
 class Submission:
@@ -106,7 +103,8 @@ class Deployment:
     """One deployed device model (see the module docstring). Build with :meth:`float`, :meth:`ptq`, :meth:`qat`."""
 
     def __init__(self, arch: str, arch_config: Mapping[str, Any], form: str, state: Mapping[str, torch.Tensor],
-                 info: Mapping[str, Any] | None = None):
+                 info: Mapping[str, Any] | None = None, prepared: nn.Module | None = None):
+        """``prepared``: the prepared module ``state`` came from, when at hand (saves re-preparing it)."""
         if form not in FORMS:
             raise SubmissionError(f"deployment form {form!r} is not one of {', '.join(FORMS)}")
         self.arch, self.arch_config, self.form = arch, dict(arch_config), form
@@ -117,7 +115,8 @@ class Deployment:
         self.input_shape = model.input_shape()
         if form.startswith("int8"):
             self.float_net = model.net                 # counted: the architecture before conversion
-            self.net = rebuild_int8(model.net, torch.zeros(self.input_shape), self.state, qat=form == "int8-qat")
+            self.net = convert_prepared(prepared) if prepared is not None else \
+                rebuild_int8(model.net, torch.zeros(self.input_shape), self.state, qat=form == "int8-qat")
         else:
             model.net.load_state_dict(self.state)
             self.float_net = model.net
@@ -146,7 +145,7 @@ class Deployment:
         (features of validation clips, never test clips)."""
         example = torch.zeros(model.input_shape())
         observed = observe_static(model.net, calibration_batches, example)
-        return cls(_arch(model), model.arch_config, "int8-ptq", observed.state_dict(), info)
+        return cls(_arch(model), model.arch_config, "int8-ptq", observed.state_dict(), info, prepared=observed)
 
     @classmethod
     def qat(cls, model: ASCModel, prepared_state: Mapping[str, torch.Tensor]) -> "Deployment":

@@ -299,14 +299,15 @@ def general(ctx):
 @reads(MODEL, OPTIM, AUGMENT, KD, PER_DEVICE)
 def devices(ctx):
     targets = kd_targets(ctx, ctx.previous["teachers"], ctx.config["kd"])
-    return fine_tune_per_device(ctx, ctx.previous["general"]["model"], devices=["a", "b", "c"],
+    return fine_tune_per_device(ctx, ctx.previous["general"]["model"], devices=["a", "c"],
                                 loss=kd_loss_from_config(ctx.config), extras=targets.extras,
                                 optimizer_state=ctx.previous["general"]["optimizer"])
 
 
 @reads(MODEL, PTQ)
 def int8(ctx):
-    models = {UNKNOWN: ctx.create_model(state=ctx.previous["general"]["model"])}
+    general = ctx.previous["general"]["model"]
+    models = {UNKNOWN: ctx.create_model(state=general), "b": ctx.create_model(state=general)}  # b: 1 val clip
     models.update({d: ctx.create_model(state=s) for d, s in ctx.previous["devices"].items()})
     return quantize_per_device(ctx, models)
 
@@ -323,7 +324,7 @@ def test_device_models_keep_kd_resume_the_optimizer_and_keep_their_best_epoch(tm
                         score_options=ScoreOptions(energy=False, n_boot=10))
     stage_dir = {s["stage"]: Path(s["cache_dir"]) for s in result.stages}
     general_steps = json.loads((stage_dir["general"] / "fit" / "metrics.json").read_text())["steps"]
-    for device in ("a", "b"):
+    for device in ("a",):
         fit = stage_dir["devices"] / f"device-{device}"
         metrics = json.loads((fit / "metrics.json").read_text())
         adam = torch.load(fit / "optimizer.pt", weights_only=True)["optimizer"]["state"][0]

@@ -8,7 +8,7 @@ from torch import nn
 
 from bench.models import create_model
 from bench.models.cpmobile import InvertedResidual
-from bench.score.quantize import (QuantizationError, convert_qat, int8_size, int8_size_bytes, prepare_qat,
+from bench.score.quantize import (QuantizationError, convert_prepared, int8_size, int8_size_bytes, prepare_qat,
                                   quantize_static)
 
 SHAPE = (2, 1, 256, 65)
@@ -73,7 +73,7 @@ def test_qat_gives_smaller_artefact_than_fp32(float_net):
         opt.zero_grad()
         nn.functional.cross_entropy(prepared(x), y).backward()
         opt.step()
-    int8 = convert_qat(prepared)
+    int8 = convert_prepared(prepared)
     fp32_bytes = sum(p.numel() * 4 for p in float_net.parameters())
     assert 0 < int8_size_bytes(int8) < fp32_bytes
     assert int8(x).shape == (QAT_SHAPE[0], 10)

@@ -12,17 +12,15 @@ from rich.table import Table
 
 from bench.cli.app import app
 from bench.cli.output import err, out, print_json
-from bench.packages.export import submission_dir
+from bench.errors import ComplexityError, SubmissionError
 from bench.packages.loader import PackageError
 from bench.runs import find_run
-from bench.score.complexity import (MAX_MACS, MAX_PARAM_BYTES, ComplexityError, DeviceModel, SubmissionComplexity,
-                                    count_devices)
-from bench.score.scorer import official_complexity
-from bench.submission import SubmissionError, load_submission
 from bench.system import SystemError_
 
 
-def _from_callable(target: str, input_shape: str, dtype: str) -> SubmissionComplexity:
+def _from_callable(target: str, input_shape: str, dtype: str):
+    from bench.score.complexity import DeviceModel, count_devices
+
     module_name, _, attr = target.partition(":")
     sys.path.insert(0, str(Path.cwd()))
     try:
@@ -37,7 +35,12 @@ def _from_callable(target: str, input_shape: str, dtype: str) -> SubmissionCompl
     return count_devices({"all": DeviceModel(model, shape, dtype)})
 
 
-def _load(target: str, input_shape: Optional[str], dtype: str) -> SubmissionComplexity:
+def _load(target: str, input_shape: Optional[str], dtype: str):
+    """The per-device complexity of a run/submission folder or a module:callable."""
+    from bench.packages.export import submission_dir
+    from bench.score.scorer import official_complexity
+    from bench.submission import load_submission
+
     path = find_run(target)
     if path.is_dir():
         return official_complexity(load_submission(submission_dir(path)))
@@ -55,6 +58,8 @@ def check(target: str = typer.Argument(..., help="a trained submission or run fo
           dtype: str = typer.Option("float32", help="for module:callable: deployed parameter dtype"),
           as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """Count MACs and parameter bytes per device model exactly like the DCASE 2025 check; exit 1 on a violation."""
+    from bench.score.complexity import MAX_MACS, MAX_PARAM_BYTES
+
     try:
         result = _load(target, input_shape, dtype)
     except (SubmissionError, ComplexityError, SystemError_, PackageError, FileNotFoundError) as exc:

@@ -12,11 +12,8 @@ from rich.table import Table
 
 from bench.cli.app import data_app
 from bench.cli.output import err, json_mode, out, print_json
-from bench.data.check import check_dataset
 from bench.data.manifest import ManifestError
-from bench.data.store import StoreError, prepare
-from bench.data.synth.generate import generate, is_complete
-from bench.data.tau import DatasetError
+from bench.errors import DatasetError, StoreError
 from bench.paths import synth_dir
 
 MAX_LISTED = 200
@@ -34,6 +31,8 @@ def synth(profile: str = typer.Option("default", help="smoke (<= 300 clips, for 
           force: bool = typer.Option(False, help="regenerate even if a complete copy exists"),
           as_json: bool = typer.Option(False, "--json", help="print what was written as JSON")) -> None:
     """Generate the embedded synthetic device-shift benchmark in the TAU 2022 development layout."""
+    from bench.data.synth.generate import generate, is_complete
+
     folder = out_dir or synth_dir(profile, seed)
     name = f"synth-{profile}"
     report = {"dataset": name, "seed": seed, "folder": str(folder)}
@@ -65,6 +64,8 @@ def check(data: Path = typer.Argument(..., help="dataset folder (TAU 2022 dev, T
           as_json: bool = typer.Option(False, "--json", help="print every problem as JSON")) -> None:
     """Validate a dataset against its manifest; exit code 0 only when clean. Every problem is one line naming the
     file (greppable in a CI log)."""
+    from bench.data.check import check_dataset
+
     ds, problems = check_dataset(data, manifest, splits_dir)
     if as_json:
         print_json({"folder": str(ds.root if ds else data), "dataset": ds.name if ds else None,
@@ -96,6 +97,8 @@ def prepare_cmd(data: Path = typer.Argument(..., help="dataset folder"),
                 splits_dir: Optional[Path] = typer.Option(None, help="folder holding the split files"),
                 as_json: bool = typer.Option(False, "--json", help="print the store's state as JSON")) -> None:
     """Decode and resample a dataset once into the packed 32 kHz int16 store (resumable)."""
+    from bench.data.store import prepare
+
     start = time.perf_counter()
     try:
         with json_mode(as_json), progress_bar() as bar:

@@ -12,16 +12,10 @@ from rich.table import Table
 from bench.cli.app import app
 from bench.cli.output import err, json_mode, out, print_json
 from bench.config import ConfigError
-from bench.data.store import StoreError
-from bench.data.tau import DatasetError
+from bench.errors import BoardError, DatasetError, Interrupted, StageError, StoreError, SubmissionError
 from bench.paths import board_path, system_search_roots
-from bench.run import RunResult, run_system
 from bench.runs import list_runs
-from bench.score.leaderboard import BoardError
-from bench.score.scorer import ScoreOptions
-from bench.submission import SubmissionError
 from bench.system import SystemError_, check_system, discover
-from bench.train.stages import Interrupted, StageError
 
 RUN_ERRORS = (SystemError_, ConfigError, DatasetError, StoreError, StageError, SubmissionError, BoardError,
               Interrupted)
@@ -31,7 +25,7 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def summary_table(result: RunResult) -> Table:
+def summary_table(result) -> Table:
     """One column per scored submission, one row per figure (devices vary by dataset, so they run down)."""
     rows = result.rows
     per_dev = [json.loads(r["acc_per_device"] or "{}") for r in rows]
@@ -91,6 +85,9 @@ def run(system: str = typer.Argument(..., help="system folder (e.g. systems/base
         energy: bool = typer.Option(True, help="also measure inference energy per clip"),
         as_json: bool = typer.Option(False, "--json", help="print the run (folder, stages, rows) as JSON")) -> None:
     """Train every stage of a system, score it, and append the result to the leaderboard."""
+    from bench.run import RunResult, run_system
+    from bench.score.scorer import ScoreOptions
+
     target = None if board == "none" else board_path(board)
     with json_mode(as_json):
         try:

@@ -21,14 +21,11 @@ import pandas as pd
 from bench.data.audio import CLIP_SAMPLES, TARGET_SR, AudioIssue, AudioReadError, decode, fit_length, resample
 from bench.data.manifest import manifest_ref
 from bench.data.tau import Dataset, DatasetError, open_dataset
+from bench.errors import StoreError
 from bench.paths import data_home
 
 STORE_VERSION = 1
 CHUNK = 256
-
-
-class StoreError(RuntimeError):
-    pass
 
 
 def default_store_dir(dataset: Dataset) -> Path:

@@ -14,13 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from bench.data.manifest import UNKNOWN_DEVICE, Manifest, load_manifest
+from bench.errors import DatasetError
 
 MARKER = "ascbench_dataset.json"  # written by `bench data synth` next to meta.csv
 SPLIT_DIR_CANDIDATES = ("", "split_setup", "splits")
-
-
-class DatasetError(ValueError):
-    pass
 
 
 @dataclass

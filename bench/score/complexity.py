@@ -24,6 +24,8 @@ import torchinfo
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.errors import ComplexityError
+
 MAX_MACS = 30_000_000
 MAX_PARAM_BYTES = 128_000
 
@@ -43,10 +45,6 @@ _DTYPE_ALIASES = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
     "int8": torch.int8, "uint8": torch.uint8, "qint8": torch.qint8, "quint8": torch.quint8,
 }
-
-
-class ComplexityError(RuntimeError):
-    """The device model could not be run at the given input shape, so it cannot be counted."""
 
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench import provenance
+from bench.errors import BoardError
 
 SCHEMA_VERSION = 2
 VERSION_KEY = b"ascbench.schema_version"
@@ -74,10 +75,6 @@ SCHEMA = pa.schema(
     metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
 COLUMNS = tuple(SCHEMA.names)
-
-
-class BoardError(RuntimeError):
-    """A leaderboard file that cannot be used as it is; the message names the file and the way out."""
 
 
 # ---------------------------------------------------------------------------------------------------------- rows

@@ -129,12 +129,13 @@ def quantize_static(net: nn.Module, calibration_batches: Iterable[torch.Tensor],
 
 def prepare_qat(net: nn.Module, example_input: torch.Tensor) -> nn.Module:
     """A copy of ``net`` with fake-quantization inserted, in train mode, to be fine-tuned and then passed to
-    :func:`convert_qat`."""
+    :func:`convert_prepared`."""
     return _prepare(net, example_input, qat=True)
 
 
-def convert_qat(prepared: nn.Module) -> nn.Module:
-    """The INT8 model of a QAT-fine-tuned network from :func:`prepare_qat` (which is not modified)."""
+def convert_prepared(prepared: nn.Module) -> nn.Module:
+    """The INT8 model of a prepared network: observed (:func:`observe_static`) or QAT-fine-tuned
+    (:func:`prepare_qat`); ``prepared`` is not modified."""
     return _convert(prepared)
 
 

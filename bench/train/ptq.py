@@ -65,7 +65,7 @@ def quantize_per_device(ctx: StageContext, models: Mapping[str, ASCModel]) -> di
         record = {"calibration": f"{len(chosen)} validation clips of " + (
             f"all devices ({device} has {len(own)} < {cfg['min_device_clips']})" if fallback and device != UNKNOWN
             else "all devices" if device == UNKNOWN else f"device {device}")}
-        deployed = Deployment(model.arch_name, model.arch_config, "int8-ptq", observed.state_dict())
+        deployed = Deployment(model.arch_name, model.arch_config, "int8-ptq", observed.state_dict(), prepared=observed)
         check = own if len(own) else val
         float_acc = _macro(check, _logits(model.frontend, model.net, check))
         int8_acc = _macro(check, _logits(deployed.frontend, deployed.net, check))

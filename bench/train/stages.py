@@ -30,10 +30,11 @@ from bench.data.irs import load_irs
 from bench.data.loaders import make_loader
 from bench.data.manifest import Manifest
 from bench.data.store import Store
+from bench.errors import Interrupted, StageError
+from bench.identity import Recorder, blind_all, library_versions
 from bench.models import create_model
 from bench.models.base import ASCModel
 from bench.system import SystemSpec
-from bench.identity import Recorder, blind_all, library_versions
 from bench.train.cache import CacheEntry
 from bench.train.task import ClassifierTask, NonFiniteLossError
 
@@ -52,14 +53,6 @@ DATA = Schema("data", {
                 "instead of the run's training split"),
     "train_devices": Key(list, None, "train (and validate) this stage on these devices of the run's data only"),
 })
-
-
-class StageError(RuntimeError):
-    """A stage that failed; the message names the system, stage and what to do."""
-
-
-class Interrupted(RuntimeError):
-    """Ctrl-C during training: the last checkpoint is kept and the next run resumes from it."""
 
 
 @dataclass
