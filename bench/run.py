@@ -26,10 +26,13 @@ from bench.identity import digest_of
 from bench.paths import data_home, runs_dir
 from bench.score.leaderboard import append_rows, check_board
 from bench.score.rows import submission_row
-from bench.score.scorer import InputCache, ScoreOptions, ScoreResult, score_submission
+from bench.score.scorer import InputCache, ScoreOptions, ScoreResult, score_submission, unreadable_note
 from bench.submission import ModelSubmission, Submission, SubmissionError, save_submission
 from bench.system import RUN, SystemSpec, check_system, load_system
 from bench.train.stages import RunEnv, StageContext, StageData, StageError, StageOutcome, run_stage
+
+
+IN_PROCESS = "in-process: trained by this run"
 
 
 @dataclass
@@ -150,7 +153,7 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
                         kind=kind, seed=seed, profile=profile, dataset=manifest.name,
                         dataset_fingerprint=store.fingerprint, train_split=split, config_hash=chash,
                         notes="; ".join(notes) or None, started_at=started, wall_s_train=train_wall,
-                        run_dir=str(run_dir), stages=stages_column)
+                        run_dir=str(run_dir), stages=stages_column, isolation=IN_PROCESS)
         try:
             scored = score_submission(sub, store, manifest, manifest.test_split, run_data.val.frame, opts, cache=cache)
         except SubmissionError as exc:  # a failed row, and the other submissions are still scored
@@ -160,6 +163,9 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
         result.results[key] = scored
         result.rows.append(submission_row(identity, scored))
         console.print(f"  scored [bold]{sub.name}[/] in {time.perf_counter() - start:.1f} s")
+        if scored.extra.get("unreadable"):  # a test split with holes: the row says so, and so does the run
+            console.print(f"  [red]{unreadable_note(scored.row['n_clips'], manifest.test_split, scored.extra['unreadable'])}"
+                          "[/]")
     (run_dir / "config.json").write_text(json.dumps({"config": resolved, "config_hash": chash}, indent=2,
                                                     default=str))
     if board is not None:

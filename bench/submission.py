@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench import trust
 from bench.config import Key, Schema
 from bench.errors import SubmissionError
 from bench.identity import digest_of, folder_files
@@ -272,6 +273,7 @@ def save_submission(sub: ModelSubmission, path: Path, extra: Mapping[str, Any] |
         info["system_files"] = folder_files(path / "system")
     torch.save({ids[id(dep)]: dep.state for dep in unique.values()}, path / "models.pt")
     (path / "submission.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    trust.seal(path)
     return path
 
 
@@ -280,21 +282,45 @@ def read_info(path: str | Path) -> dict[str, Any]:
     if not info_path.exists():
         raise SubmissionError(f"{path}: no submission.json; pass a folder written by `bench run` (a run folder or "
                               "its submission/)")
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SubmissionError(f"{info_path}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise SubmissionError(f"{info_path}: must hold a JSON object")
     if info.get("format") != FORMAT:
         raise SubmissionError(f"{info_path}: submission format {info.get('format')} (this ascbench reads format "
                               f"{FORMAT}); re-create it with `bench run`")
+    expected = {"name": str, "class_order": list, "devices": dict, "models": dict}
+    for key, kind in expected.items():
+        if not isinstance(info.get(key), kind):
+            raise SubmissionError(f"{info_path}: {key!r} must be a {kind.__name__}, got "
+                                  f"{type(info.get(key)).__name__}")
+    for key, record in info["models"].items():
+        if not isinstance(record, dict) or not isinstance(record.get("arch"), str) or \
+                not isinstance(record.get("arch_config"), dict) or record.get("form") not in FORMS:
+            raise SubmissionError(f"{info_path}: models.{key} needs arch (string), arch_config (object) and form "
+                                  f"(one of {', '.join(FORMS)})")
+    unknown = sorted(set(info["devices"].values()) - set(info["models"]))
+    if unknown or UNKNOWN not in info["devices"]:
+        raise SubmissionError(f"{info_path}: devices must map every id (including {UNKNOWN!r}) to one of the models "
+                              f"{sorted(info['models'])}" + (f"; unknown: {unknown}" if unknown else ""))
     return info
 
 
-def load_submission(path: str | Path) -> ModelSubmission:
+def load_submission(path: str | Path, allow_foreign_code: bool = False) -> ModelSubmission:
     """Rebuild a saved submission (weights loaded with ``weights_only=True``). A submission using its system's own
-    architectures imports the copy of the system folder saved with it — that runs the system's code."""
+    architectures imports the copy of the system folder saved with it — that runs the system's code, so it is
+    refused unless this machine sealed it (``bench.trust``) or ``allow_foreign_code`` (inside the sandbox)."""
     path = Path(path)
     info = read_info(path)
     if "system_files" in info:
         from bench.system import import_package
 
+        if trust.is_foreign(path) and not allow_foreign_code:
+            raise SubmissionError(f"{path}: carries code of its own that this machine did not seal (trained "
+                                  "elsewhere or changed since); it only runs in the sandbox — `bench score "
+                                  "--submission` and `bench check` do that for you")
         if folder_files(path / "system") != info["system_files"]:
             raise SubmissionError(f"{path / 'system'}: the system code saved with the submission was modified "
                                   "after saving; restore it or re-create the submission")

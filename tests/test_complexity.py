@@ -114,7 +114,8 @@ def test_hidden_compute_is_non_compliant(model_cls):
     r = count_complexity(model_cls(), SMALL_SHAPE)
     assert not r.compliant
     assert any(reason.startswith("hidden compute") for reason in r.reasons)
-    assert r.status.startswith("non-compliant: hidden compute")
+    assert r.status.startswith("non-compliant:")
+    assert any(x.startswith("hidden parameters") for x in r.reasons) == (model_cls is MatVec)  # weights: a buffer
     assert r.dispatcher_macs > 10 * r.macs
 
 
@@ -175,3 +176,50 @@ def test_devices_share_counts_and_write_official_layout():
                        "s4": {"MACs": 8 * 64 * 32, "Params": 16}},
         "max_MACs": big_macs, "max_Params": 320}
     assert result.compliant
+
+
+def test_what_the_official_counter_cannot_see_is_never_compliant():
+    """A converted INT8 model is counted from its quantized graph (labelled), a TorchScript module and a model whose
+    compute no counter sees are uncountable, and weights held in buffers are hidden parameters."""
+    import numpy as np
+
+    from bench.models import create_model
+    from bench.score.quantize import quantize_static
+
+    torch.manual_seed(0)
+    model = create_model("dsflexinet_sm1").eval()
+    shape = model.input_shape()
+    x = torch.randn(shape)
+    float_report = count_complexity(model.net, shape, "int8")
+    int8 = count_complexity(quantize_static(model.net, [torch.randn(4, *shape[1:])], x), shape, "int8")
+    assert int8.countable and int8.counter.startswith("quantized graph")
+    assert abs(int8.macs - float_report.macs) / float_report.macs < 0.001  # BN folded: a hair below torchinfo
+    assert 0.95 * float_report.params < int8.params <= float_report.params
+
+    scripted = count_complexity(torch.jit.script(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())), (1, 1, 16, 16))
+    assert not scripted.countable and not scripted.compliant and "TorchScript" in scripted.reasons[0]
+
+    class Numpy(nn.Module):  # the compute happens where neither counter looks
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return torch.from_numpy(np.tanh(x.detach().numpy())).mean(dim=(2, 3)) * self.scale
+
+    blind = count_complexity(Numpy(), (1, 1, 8, 8))
+    assert not blind.countable and "neither torchinfo nor the dispatcher" in blind.status
+
+    class Hidden(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("w", torch.randn(10, 9_000))  # 360 kB the official count leaves out
+            self.fc = nn.Linear(9_000, 10, bias=False)
+
+        def forward(self, x):
+            flat = nn.functional.adaptive_avg_pool2d(x, (1, 9_000)).flatten(1)
+            return flat @ self.w.T + self.fc(flat)
+
+    hidden = count_complexity(Hidden(), (1, 1, 8, 8), "int8")
+    assert hidden.hidden_params == 90_000 and not hidden.compliant and hidden.param_bytes == 90_000
+    assert any("hidden parameters" in r for r in hidden.reasons)

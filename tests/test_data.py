@@ -291,3 +291,53 @@ def test_problems_stay_whole_and_greppable_in_a_ci_log(tau22, tmp_path):
     assert [p["where"] for p in truncated] == [str(tau22 / new)]
     prepared = runner.invoke(app, ["data", "prepare", str(tau22), "--store", str(tmp_path / "s"), "--json"])
     assert prepared.exit_code == 1 and json.loads(prepared.stdout)["failed"][0].startswith(str(tau22 / new))
+
+
+def test_non_finite_samples_and_a_wrong_bit_depth_are_reported_by_name(tau22, tmp_path):
+    names = open_dataset(tau22).clips["filename"].tolist()
+    bad = tone(440)
+    bad[100] = np.nan
+    sf.write(tau22 / names[0], bad.astype(np.float32), 44_100, subtype="FLOAT")   # NaN in a float WAV
+    sf.write(tau22 / names[1], tone(440), 44_100, subtype="PCM_U8")             # 8-bit, manifest says 24-bit
+    _, problems = check_dataset(tau22)
+    by_kind = {p.kind: p for p in problems}
+    assert names[0] in by_kind["non_finite"].where and "never turned into silence" in by_kind["non_finite"].message
+    assert names[1] in by_kind["bit_depth"].where and "instead of the declared PCM_24" in by_kind["bit_depth"].message
+    report = prepare(tau22, store_dir=tmp_path / "store")
+    assert [i.kind for i in report.failed] == ["non_finite"]
+    assert report.store.index.set_index("filename").loc[names[0], "ok"] == False  # noqa: E712  never silence
+    assert report.converted.get("bit_depth") == 1
+
+
+def test_a_second_prepare_still_names_the_clips_it_could_not_decode(tau22, tmp_path):
+    names = open_dataset(tau22).clips["filename"].tolist()
+    (tau22 / names[4]).write_bytes(b"garbage" * 100)
+    first = runner.invoke(app, ["data", "prepare", str(tau22), "--store", str(tmp_path / "s")])
+    second = runner.invoke(app, ["data", "prepare", str(tau22), "--store", str(tmp_path / "s")])
+    assert first.exit_code == second.exit_code == 1
+    assert "up to date" not in second.output and "still unusable" in second.output and names[4] in second.output
+
+
+def test_a_full_disk_during_prepare_is_one_line_naming_the_space_needed(smoke_dataset, tmp_path):
+    from bench.packages.sandbox import bwrap_version
+
+    if bwrap_version() is None:
+        pytest.skip("bubblewrap makes the small disk (a size-limited tmpfs); not available here")
+    small = tmp_path / "small"
+    small.mkdir()
+    proc = subprocess.run(["bwrap", "--dev-bind", "/", "/", "--size", "2000000", "--tmpfs", str(small),
+                           sys.executable, "-c", "from bench.cli import main; main()", "data", "prepare",
+                           str(smoke_dataset), "--store", str(small / "store")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Bus error" not in proc.stderr
+    assert f"{small / 'store' / 'audio.i16'}: not enough disk space for the store: it needs 16,640,000 bytes" \
+        in proc.stderr
+
+
+def test_metadata_with_empty_required_values_is_a_clear_error(tau22):
+    meta = pd.read_csv(tau22 / "meta.csv", sep="\t")
+    meta.loc[2, "source_label"] = None
+    meta.to_csv(tau22 / "meta.csv", sep="\t", index=False)
+    with pytest.raises(DatasetError, match=r"meta.csv: column 'source_label' is empty in 1 row\(s\), first in line 4"):
+        open_dataset(tau22)

@@ -38,7 +38,7 @@ def test_wheel_in_a_fresh_environment_lists_systems_and_runs_from_tmp(tmp_path, 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([bench, *args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
 
-    listed = run("systems", "--check", "--json")
+    listed = run("systems", "--json")  # --check is tested in-process; here: the shipped systems are found
     assert listed.returncode == 0, listed.stdout + listed.stderr
     systems = {r["name"]: r for r in json.loads(listed.stdout)}
     assert {"baseline", "dsflexinet"} <= set(systems)

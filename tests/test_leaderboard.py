@@ -278,7 +278,7 @@ def test_cli_markdown(board):
 
 def test_cli_csv_has_every_column(board):
     df = pd.read_csv(io.StringIO(invoke(str(board), "--format", "csv").stdout))
-    assert list(df.columns) == ["rank", *lb.COLUMNS]
+    assert list(df.columns) == ["rank", *lb.COLUMNS, "integrity"]
     assert list(df["submission"]) == ["passt-teacher", "cpmobile", "narrow", "broken"]
 
 

@@ -30,7 +30,8 @@ from bench.models import create_model
 from bench.packages.compat import soundfile_torchaudio
 from bench.packages.export import MODULE_SOURCE, write_dummy_wav
 from bench.packages.loader import PackageError, discover, parse_package
-from bench.packages.runner import Isolation, package_data, score_package
+from bench.packages.runner import package_data, score_package
+from bench.packages.sandbox import Isolation
 from bench.score.complexity import count_complexity
 from bench.score.leaderboard import append_rows, make_row, read_board
 from bench.score.metrics import log_softmax, score_predictions
@@ -281,3 +282,32 @@ def test_an_own_subfolder_imported_as_a_top_level_module_gets_a_sys_path_hint(tm
         assert "sys.path" in hint and f"Foo_task1.{name}" in hint and "pip install" not in hint
     other = missing_dependency(ModuleNotFoundError("No module named 'sklearn'", name="sklearn"), "Foo_task1", package)
     assert other.endswith("pip install scikit-learn")
+
+
+def test_exported_int8_package_scores_the_complexity_of_its_submission_and_is_not_requantized(smoke_dataset,
+                                                                                               tmp_path):
+    """torchinfo sees 0 MACs in a converted model: the exported package hands the float twin to the counter
+    (get_counted_model_for_device), and its INT8 column is its own accuracy, not a second quantization."""
+    from bench.score.scorer import official_complexity
+    from bench.submission import UNKNOWN, Deployment, load_submission
+
+    torch.manual_seed(0)
+    model = create_model("dsflexinet_sm1").eval()
+    feats = model.frontend(0.1 * torch.randn(16, 32_000, generator=torch.Generator().manual_seed(3)))
+    classes = open_dataset(smoke_dataset).manifest.classes
+    sub = ModelSubmission("int8-export", classes, {UNKNOWN: Deployment.ptq(model, [feats])})
+    save_submission(sub, tmp_path / "run" / "submission", {"system": "int8"})
+    expected = official_complexity(load_submission(tmp_path / "run" / "submission"))
+    assert expected.max_macs > 3_000_000 and expected.max_param_bytes == 13_787  # 1 B per parameter
+    runner.invoke(app, ["export", str(tmp_path / "run"), "--package", str(tmp_path / "pkg"), "--label", "Qint"])
+    board = tmp_path / "board.parquet"
+    scored = runner.invoke(app, ["score", "--package", "Qint_task1:1", "--path", str(tmp_path / "pkg"),
+                                 "--data", str(smoke_dataset), "--board", str(board), "--no-energy",
+                                 "--n-boot", "10", "--out", str(tmp_path / "out")])
+    assert scored.exit_code == 0, scored.output
+    row = read_board(board).iloc[0]
+    assert row["max_macs"] == expected.max_macs and row["max_param_bytes"] == expected.max_param_bytes
+    assert row["deploy_dtype"] == "int8" and row["compliant"]
+    assert row["int8_macro_acc"] == row["macro_acc"] and "INT8 already" in row["notes"]
+    gate = runner.invoke(app, ["check", "Qint_task1:1", "--path", str(tmp_path / "pkg"), "--json"])
+    assert gate.exit_code == 0 and json.loads(gate.stdout)["max_MACs"] == expected.max_macs

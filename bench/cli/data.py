@@ -105,17 +105,25 @@ def prepare_cmd(data: Path = typer.Argument(..., help="dataset folder"),
             task = bar.add_task("prepare", total=None)
             report = prepare(data, splits.split(",") if splits else None, store, manifest, splits_dir,
                              progress=lambda i, n: bar.update(task, completed=i, total=n))
-    except (DatasetError, StoreError, ManifestError) as exc:
+    except (DatasetError, StoreError, ManifestError, OSError) as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1)
     st = report.store
     if as_json:
-        print_json({"store": str(st.root), "clips": st.info["n"], "reused": report.reused,
+        print_json({"store": str(st.root), "clips": st.info["n"], "reused": report.reused, "rebuilt": report.rebuilt,
                     "seconds": time.perf_counter() - start, "converted": report.converted,
                     "failed": [str(i) for i in report.failed], "fingerprint": st.fingerprint})
-    elif report.reused:
+    elif report.reused and not report.failed:
         out.print(f"{st.root}: up to date ({st.info['n']} clips)")
+    elif report.reused:  # an earlier prepare left clips it could not decode: say which, every time
+        out.print(f"{st.root}: prepared earlier ({st.info['n']} clips), but {len(report.failed)} clip(s) are still "
+                  "unusable:")
+        for issue in report.failed[:20]:
+            out.print(f"[red]unusable:[/] {issue}")
+        out.print("Fix or re-download them; prepare notices the change and decodes them again.")
     else:
+        if report.rebuilt:
+            out.print(f"[yellow]rebuilt:[/] {report.rebuilt}")
         out.print(f"{st.root}: {st.info['n']} clips in {time.perf_counter() - start:.1f} s"
                   + (f" (resumed after {report.resumed_chunks} finished chunks)" if report.resumed_chunks else ""))
         for kind, count in sorted(report.converted.items()):

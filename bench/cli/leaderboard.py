@@ -18,7 +18,7 @@ from rich.table import Table
 from bench.cli.app import app
 from bench.cli.output import out
 from bench.paths import board_path
-from bench.score.leaderboard import JSON_COLUMNS, KINDS, BoardError, filter_board, rank_board, read_board
+from bench.score.leaderboard import JSON_COLUMNS, KINDS, BoardError, audit_board, filter_board, rank_board, read_board
 
 Format = Enum("Format", {name: name for name in ("table", "csv", "markdown", "json")}, type=str)
 Kind = Enum("Kind", {name: name for name in KINDS}, type=str)
@@ -43,9 +43,16 @@ def leaderboard(
 ) -> None:
     """Rank scored submissions by macro accuracy, with complexity, INT8, energy and compliance."""
     fmt = Format.json if as_json else fmt
-    df = _load(board_path(board, reading=True), board)
+    path = board_path(board, reading=True)
+    df = _load(path, board)
+    audit = audit_board(path)
+    for line in audit.lines(path):  # edits made outside ascbench: reported, never ranked
+        typer.echo(f"warning: {line}", err=True)
+    df = df.assign(integrity=[("edited outside ascbench: " + "; ".join(audit.edited[r])) if r in audit.edited
+                              else "ok" if c is not None and not pd.isna(c) else "unverified (written before checksums)"
+                              for r, c in zip(df["row_id"], df["row_checksum"])])
     df = rank_board(filter_board(df, system=system, profile=profile, dataset=dataset,
-                                 kind=kind.value if kind else None))
+                                 kind=kind.value if kind else None), unranked=audit.edited)
     if plot is not None:
         from bench.score.plot import plot_board  # matplotlib is slow to import; only pay for it when plotting
 
@@ -86,7 +93,8 @@ def _summary_row(r: dict) -> dict[str, str]:
     name = r["submission"] if r["submission"] == r["system"] else f"{r['submission']} / {r['system']}"
     return {
         "#": _text(r["rank"]),
-        "submission / system": name + (f" {TEACHER_MARK}" if teacher else ""),
+        "submission / system": name + (f" {TEACHER_MARK}" if teacher else "") +
+        (" [edited outside ascbench: not ranked]" if str(r.get("integrity", "")).startswith("edited") else ""),
         "variant": _text(r["variant"]),
         "kind": r["kind"],
         "seed": _text(r["seed"]),

@@ -18,7 +18,7 @@ from bench.runs import list_runs
 from bench.system import SystemError_, check_system, discover
 
 RUN_ERRORS = (SystemError_, ConfigError, DatasetError, StoreError, StageError, SubmissionError, BoardError,
-              Interrupted)
+              Interrupted, OSError)
 
 
 def _pct(x) -> str:

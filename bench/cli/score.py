@@ -23,7 +23,7 @@ from bench.system import SystemError_
 
 Profile = Enum("Profile", {name: name for name in ("default", "smoke")}, type=str)
 USER_ERRORS = (PackageError, DatasetError, StoreError, SubmissionError, ManifestError, BoardError, SystemError_,
-               ConfigError, FileNotFoundError)
+               ConfigError, OSError)  # OSError: a full disk, a missing or unreadable file, named by the error
 
 
 @app.command("score")
@@ -47,6 +47,8 @@ def score(
     batch_size: Annotated[int, typer.Option(help="Clips per predict() call (packages) or per batch.")] = 64,
     timeout: Annotated[float, typer.Option(help="Wall-clock seconds a package may run in total.")] = 3600.0,
     memory_gb: Annotated[float, typer.Option(help="Address-space limit of the package process (GB; 0: none).")] = 8.0,
+    sandbox: Annotated[bool, typer.Option(help="Run package code in the bubblewrap sandbox (--no-sandbox: run it "
+                                               "unisolated; the row says so).")] = True,
     int8: Annotated[bool, typer.Option(help="Also quantize to INT8 (static PTQ) and score that.")] = True,
     energy: Annotated[bool, typer.Option(help="Also measure inference energy per clip.")] = True,
     energy_clips: Annotated[int, typer.Option(help="Clips in the energy measurement.")] = 256,
@@ -61,21 +63,24 @@ def score(
 
     options = ScoreOptions(batch_size=batch_size, n_boot=n_boot, int8=int8, energy=energy, energy_clips=energy_clips)
     from bench.cli import scoring
-    from bench.packages.runner import Isolation
+    from bench.packages.sandbox import Isolation, SandboxUnavailable, require_sandbox
     from bench.score.leaderboard import append_rows, check_board
 
     target = board_path(board)
+    isolation = Isolation(timeout, memory_gb, sandbox)
     with json_mode(as_json):
         try:
             check_board(target)
             if package is not None:
+                if sandbox:
+                    require_sandbox()
                 rows, failed = scoring.score_packages(package, path, data, profile, eval_data, out, options,
-                                                      Isolation(timeout, memory_gb))
+                                                      isolation)
             else:
                 rows, failed = scoring.score_submission_folder(find_run(submission), data, profile, eval_data, out,
-                                                               options)
+                                                               options, isolation)
             total = append_rows(target, rows) if rows else None
-        except USER_ERRORS as exc:
+        except (*USER_ERRORS, SandboxUnavailable) as exc:
             err.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1)
         if rows and not as_json:

@@ -3,6 +3,7 @@ when one of them runs: it pulls in torch)."""
 
 from __future__ import annotations
 
+import tempfile
 from enum import Enum
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from bench.data.sources import SYNTH, ensure_synth, resolve
 from bench.data.splits import carve_validation
 from bench.data.store import Store, prepare
 from bench.data.tau import open_dataset
-from bench.packages.export import submission_dir
+from bench.packages.export import export_package, submission_dir
 from bench.packages.loader import discover, parse_package
 from bench.packages.outputs import write_outputs
 from bench.packages.runner import package_data, score_package
@@ -27,6 +28,10 @@ from bench.score.rows import submission_row
 from bench.score.scorer import align_classes, official_complexity, predict_clips, score_submission
 from bench.errors import SubmissionError
 from bench.submission import load_submission, read_info
+from bench.trust import is_foreign
+
+FOREIGN_LABEL = "Foreign"
+TRUSTED = "in-process: a submission this machine made (sealed)"
 
 NA = "—"
 
@@ -59,7 +64,10 @@ def data_root(data: str, profile: Enum) -> Path:
     return ensure_synth(profile.value) if data in ("", SYNTH) else Path(data)
 
 
-def score_packages(arg, path, data, profile, eval_data, out, options, isolation) -> tuple[list[dict], bool]:
+def score_packages(arg, path, data, profile, eval_data, out, options, isolation,
+                   identity: dict | None = None) -> tuple[list[dict], bool]:
+    """Every module of a package, in the sandbox; ``identity`` overrides the rows' identity fields (a foreign
+    submission scored through this path keeps its own name and system)."""
     name, index = parse_package(arg)
     specs = discover(name, path, index)
     dataset = open_dataset(data_root(data, profile))
@@ -73,6 +81,7 @@ def score_packages(arg, path, data, profile, eval_data, out, options, isolation)
     for spec in specs:
         with _progress() as bar:
             result = score_package(spec, pdata, options, isolation, _Bar(bar))
+        result.identity.update(identity or {})
         if result.ok:
             split = "eval" if "eval" in result.logits else "test"
             folder = out / spec.submission if out and len(specs) > 1 else out
@@ -88,16 +97,23 @@ def score_packages(arg, path, data, profile, eval_data, out, options, isolation)
     return rows, failed
 
 
-def score_submission_folder(run, data, profile, eval_data, out, options) -> tuple[list[dict], bool]:
+def score_submission_folder(run, data, profile, eval_data, out, options, isolation) -> tuple[list[dict], bool]:
     folder = submission_dir(run)
     info = read_info(folder)
+    if is_foreign(folder):  # its own code, not made here: it runs in the sandbox, as an exported package
+        with tempfile.TemporaryDirectory(prefix="ascbench-foreign-") as tmp:
+            export_package(folder, Path(tmp), FOREIGN_LABEL)
+            identity = {"submission": info["name"], "system": info.get("system", info["name"]), "kind": "system",
+                        **{k: info.get(k) for k in ("seed", "variant", "profile", "config_hash")}}
+            return score_packages(f"{FOREIGN_LABEL}_task1:1", Path(tmp), data, profile, eval_data, out, options,
+                                  isolation, identity)
     sub = load_submission(folder)
     with _progress() as bar:
         store = resolve(data, profile.value, progress=_Bar(bar)).store
     manifest = load_manifest(store.info["manifest"])
     clips = store.split(manifest.test_split)
     identity = {"submission": sub.name, "system": info.get("system", sub.name), "kind": "system",
-                "dataset": manifest.name, "run_dir": info.get("run_dir"),
+                "dataset": manifest.name, "run_dir": info.get("run_dir"), "isolation": TRUSTED,
                 "stages": {s["stage"]: {k: v for k, v in s.items() if k != "stage"} for s in info.get("stages", [])},
                 **{k: info.get(k) for k in ("seed", "variant", "profile", "config_hash")}}
     result, scores = None, None

@@ -24,7 +24,7 @@ class AudioIssue:
     """A problem found in one file. ``fatal`` issues mean the clip could not be used at all."""
 
     path: str
-    kind: str  # missing | unreadable | truncated | channels | sample_rate | length
+    kind: str  # missing | unreadable | truncated | non_finite | bit_depth | channels | sample_rate | length
     message: str
     fatal: bool = False
 
@@ -58,8 +58,17 @@ def wav_declared_data_bytes(path: Path) -> tuple[int, int] | None:
             f.seek(size + (size & 1), 1)
 
 
-def probe(path: Path, expected_sr: int) -> list[AudioIssue]:
-    """Header-only checks (cheap enough for 230k files): readable, not truncated, mono, rate, 1 s."""
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only WAV sample formats that can hold NaN or infinity
+
+
+def _non_finite(path: Path) -> AudioIssue:
+    return AudioIssue(str(path), "non_finite", "contains NaN or infinite samples (a float WAV); fix or remove the "
+                                               "file — it is never turned into silence", True)
+
+
+def probe(path: Path, expected_sr: int, subtype: str | None = None) -> list[AudioIssue]:
+    """Header-only checks (cheap enough for 230k files): readable, not truncated, the sample format the manifest
+    declares (``subtype``, e.g. PCM_24), mono, rate, 1 s — plus, for float WAVs only, finite samples."""
     p = str(path)
     if not path.exists():
         return [AudioIssue(p, "missing", "file missing; re-download it or remove its row from the metadata", True)]
@@ -75,6 +84,13 @@ def probe(path: Path, expected_sr: int) -> list[AudioIssue]:
         if actual < size:
             return [AudioIssue(p, "truncated", f"truncated: header declares {size} data bytes, file holds {actual}; "
                                                "re-download the file", True)]
+    if info.subtype in FLOAT_SUBTYPES:
+        data, _ = sf.read(p, dtype="float32", always_2d=True)
+        if not np.isfinite(data).all():
+            return [_non_finite(path)]
+    if subtype and info.subtype != subtype:
+        issues.append(AudioIssue(p, "bit_depth", f"{info.subtype_info} ({info.subtype}) instead of the declared "
+                                                 f"{subtype}; decoded as it is, at its own resolution"))
     if info.channels != 1:
         issues.append(AudioIssue(p, "channels", f"{info.channels} channels; converted to mono by averaging"))
     if info.samplerate != expected_sr:
@@ -105,15 +121,17 @@ def fit_length(wave: np.ndarray, n: int = CLIP_SAMPLES) -> np.ndarray:
     return np.pad(wave, pad)
 
 
-def decode(path: Path, expected_sr: int) -> tuple[np.ndarray, int, list[AudioIssue]]:
+def decode(path: Path, expected_sr: int, subtype: str | None = None) -> tuple[np.ndarray, int, list[AudioIssue]]:
     """Decode to mono float32 at the file's own rate (length not yet fixed). Raises :class:`AudioReadError`."""
-    issues = probe(path, expected_sr)
+    issues = probe(path, expected_sr, subtype)
     fatal = [i for i in issues if i.fatal]
     if fatal:
         raise AudioReadError(fatal[0])
     data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     if data.shape[0] == 0:
         raise AudioReadError(AudioIssue(str(path), "unreadable", "contains no samples; re-download the file", True))
+    if not np.isfinite(data).all():
+        raise AudioReadError(_non_finite(path))
     return data.mean(axis=1), sr, issues
 
 

@@ -67,6 +67,6 @@ def check_dataset(root: str | Path, manifest: str | None = None, splits_dir: str
             problems.append(Problem("leakage", str(ds.root), f"{len(shared)} recording location(s) in both "
                                                              f"{m.train_split} and {m.test_split}, e.g. {shared[0]}"))
     with ThreadPoolExecutor(threads) as pool:
-        for issues in pool.map(lambda f: probe(ds.root / f, m.sample_rate), ds.clips["filename"]):
+        for issues in pool.map(lambda f: probe(ds.root / f, m.sample_rate, m.audio.get("subtype")), ds.clips["filename"]):
             problems.extend(Problem(i.kind, i.path, i.message) for i in issues)
     return ds, problems

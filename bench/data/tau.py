@@ -90,6 +90,15 @@ def detect_manifest(root: Path) -> Manifest:
                        "that holds them")
 
 
+def _require_values(df: pd.DataFrame, columns: list[str], source: Path) -> None:
+    """Empty cells where a value is required: one clear error naming the file, the column and the first row."""
+    for column in columns:
+        if column in df.columns and df[column].isna().any():
+            first = int(df.index[df[column].isna()][0])
+            raise DatasetError(f"{source}: column {column!r} is empty in {int(df[column].isna().sum())} row(s), "
+                               f"first in line {first + 2} ({df['filename'].iloc[first]!r}); every clip needs one")
+
+
 def _label_clips(df: pd.DataFrame, manifest: Manifest, problems: list[str], source: Path) -> pd.DataFrame:
     classes = {c: i for i, c in enumerate(manifest.classes)}
     if "scene_label" in df.columns:
@@ -122,6 +131,7 @@ def _read_clips_layout(root: Path, manifest: Manifest, problems: list[str]) -> p
         raise DatasetError(f"{meta_path}: missing; the clips layout needs meta.csv (filename, labels, split)")
     clips = read_table(meta_path)
     label_column = "labels" if manifest.multilabel else "scene_label"
+    _require_values(clips, ["filename", "split", *([] if manifest.multilabel else ["scene_label"])], meta_path)
     need = {label_column, "split"} - set(clips.columns)
     if need:
         raise DatasetError(f"{meta_path}: missing column(s) {sorted(need)}; expected filename, {label_column}, split")
@@ -178,6 +188,7 @@ def open_dataset(root: str | Path, manifest: Manifest | str | None = None,
         if need - set(clips.columns):
             raise DatasetError(f"{meta_path}: missing column(s) {sorted(need - set(clips.columns))}; expected "
                                "filename, scene_label, identifier, source_label (tab-separated)")
+        _require_values(clips, ["filename", "scene_label", "identifier", "source_label"], meta_path)
         clips = clips.rename(columns={"source_label": "device"})[["filename", "scene_label", "identifier", "device"]]
         clips = _label_clips(clips, manifest, problems, meta_path)
     elif manifest.layout == "tau25-eval":
@@ -187,6 +198,7 @@ def open_dataset(root: str | Path, manifest: Manifest | str | None = None,
         clips = read_table(listing)
         if "device_id" not in clips.columns:
             raise DatasetError(f"{listing}: no 'device_id' column (columns: {list(clips.columns)})")
+        _require_values(clips, ["filename", "device_id"], listing)
         clips = clips.rename(columns={"device_id": "device"})[["filename", "device"]]
         clips = _label_clips(clips, manifest, problems, listing)
     elif manifest.layout == "clips":

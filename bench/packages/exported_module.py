@@ -27,7 +27,7 @@ SOURCE_RATE = 44_100  # TAU's rate; read_clip only uses it to describe conversio
 def load_model(model_file_path: Optional[str] = None) -> ModelSubmission:
     """The packaged submission, or the one in ``model_file_path`` (its folder or a file inside it)."""
     path = Path(model_file_path) if model_file_path else CHECKPOINT
-    model = load_submission(path if path.is_dir() else path.parent)
+    model = load_submission(path if path.is_dir() else path.parent, allow_foreign_code=True)  # a package runs its code
     # the official evaluate_submission.py saves ``model.model.state_dict()``: every distinct device model
     model.model = nn.ModuleDict({device: dep.net for device, dep in model.unique().items()})
     return model
@@ -49,6 +49,12 @@ def load_inputs(file_paths: List[str], device_ids: List[str], model: ModelSubmis
 def get_model_for_device(model: ModelSubmission, device_id: str) -> nn.Module:
     """The device's own deployed model, or the general one for devices without one (``unknown`` included)."""
     return model.get_model_for_device(device_id)
+
+
+def get_counted_model_for_device(model: ModelSubmission, device_id: str) -> nn.Module:
+    """The float twin the official check counts for an INT8 device model (the organisers: count before
+    conversion); ascbench calls it when present, so the package scores the complexity of its submission."""
+    return model.counted_model_for_device(device_id)
 
 
 def predict(file_paths: List[str], device_ids: List[str], model_file_path: Optional[str] = None,

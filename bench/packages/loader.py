@@ -27,11 +27,14 @@ class PackageError(RuntimeError):
 
 @dataclass(frozen=True)
 class PackageSpec:
-    """One module of a package: ``name`` is ``<Label>_task1``, ``index`` is k, ``path`` the source folder."""
+    """One module of a package: ``name`` is ``<Label>_task1``, ``index`` is k, ``path`` the folder put on
+    ``sys.path`` and ``source`` the folder the user named (``--path``: the source folder, or the package folder
+    itself) — what the sandbox lets the package read."""
 
     name: str
     index: int
     path: Path | None = None
+    source: Path | None = None
 
     @property
     def submission(self) -> str:
@@ -85,7 +88,8 @@ def discover(name: str, path: Path | None, index: int | None = None) -> list[Pac
     if missing or not wanted:
         raise PackageError(f"{folder}: no module {name}_{missing[0] if missing else 'k'}.py "
                            f"(found: {', '.join(f'{name}_{k}' for k in found) or 'none'})")
-    return [PackageSpec(name, k, root) for k in wanted]
+    source = Path(path).expanduser().resolve() if path is not None else None
+    return [PackageSpec(name, k, root, source) for k in wanted]
 
 
 def import_module(spec: PackageSpec) -> ModuleType:

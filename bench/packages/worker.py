@@ -1,18 +1,20 @@
 """The child process that runs one official inference module: ``python -m bench.packages.worker JOB FD``.
 
-Package code is untrusted, so it only ever runs here. The parent (:mod:`bench.packages.runner`) writes JOB (JSON)
-and reads events from file descriptor FD, one JSON object per line: ``{"stage": ...}`` when a stage starts and
-``{"stage": ..., "done": n, "total": N}`` after each ``predict`` call. Package output (prints, tqdm) goes to the
-child's stdout/stderr, which the parent sends to a log file, so it can never corrupt the event stream.
-
-Results are files next to JOB: ``result.json`` (class order, logit files, predict seconds, official complexity,
-or ``error``) once the required stages are done, then ``int8.json`` and ``energy.json`` for the optional stages,
-so a package that hangs or crashes there keeps its scores.
+Package code is untrusted, so it only ever runs here, inside the sandbox (:mod:`bench.packages.sandbox`). The
+parent (:mod:`bench.packages.runner`) writes JOB (JSON, read-only here) and reads file descriptor FD, one JSON
+object per line: ``{"stage": ...}`` when a stage starts, ``{"stage": ..., "done": n, "total": N}`` after each
+``predict`` call, ``{"array": name, "npy": base64}`` for logits and ``{"result": name, "data": {...}}`` for
+results — ``result`` (class order, logit arrays, predict seconds, official complexity, or ``error``) once the
+required stages are done, then ``int8`` and ``energy`` for the optional stages, so a package that hangs or crashes
+there keeps its scores. Package output (prints, tqdm) goes to the child's stdout/stderr, which the parent sends to
+a log file, so it can never corrupt the stream. Nothing is written to disk.
 """
 
 from __future__ import annotations
 
+import base64
 import inspect
+import io
 import json
 import os
 import resource
@@ -81,14 +83,23 @@ def batch_input(x: torch.Tensor) -> torch.Tensor:
 class Session:
     """Runs the job's stages in order; ``stage`` names the one running, for events and failure reasons."""
 
-    def __init__(self, job: dict, work: Path, events):
-        self.job, self.work, self.events = job, work, events
+    def __init__(self, job: dict, events):
+        self.job, self.events = job, events
         self.spec = PackageSpec(job["package"], job["index"], Path(job["path"]) if job["path"] else None)
         self.stage = "startup"
         self.api: ModuleType | None = None
 
     def emit(self, **event) -> None:
         self.events.write(json.dumps(event) + "\n")
+
+    def send_array(self, name: str, values: np.ndarray) -> str:
+        buffer = io.BytesIO()
+        np.save(buffer, values, allow_pickle=False)
+        self.emit(array=name, npy=base64.b64encode(buffer.getvalue()).decode())
+        return name
+
+    def send_result(self, name: str, data: dict) -> None:
+        self.emit(result=name, data=data)
 
     def enter(self, stage: str) -> None:
         self.stage = stage
@@ -99,17 +110,16 @@ class Session:
             try:
                 core = self.core()
             except BaseException as exc:  # whatever the package does (sys.exit included) is its result
-                _write(self.work / "result.json", {"error": describe(exc, self.stage, self.spec),
-                                                   "stage": self.stage})
+                self.send_result("result", {"error": describe(exc, self.stage, self.spec), "stage": self.stage})
                 return 1
-            _write(self.work / "result.json", core)
+            self.send_result("result", core)
             for name, step in (("int8", self.int8), ("energy", self.energy)):
                 if self.job.get(name):
                     try:
                         out = step()
                     except BaseException as exc:
                         out = {"error": describe(exc, self.stage, self.spec)}
-                    _write(self.work / f"{name}.json", out)
+                    self.send_result(name, out)
         return 0
 
     def core(self) -> dict:
@@ -122,8 +132,7 @@ class Session:
             if order is not None and split_order != order:
                 raise PackageError(f"class order differs between splits: {order} vs {split_order}")
             order = split_order
-            np.save(self.work / f"{split}.npy", values)
-            logits[split] = f"{split}.npy"
+            logits[split] = self.send_array(split, values)
         self.enter("complexity")
         complexity = package_complexity(self.api)
         return {"class_order": order, "logits": logits, "predict_s": seconds,
@@ -163,8 +172,13 @@ class Session:
         """Static INT8 of each device model, then the test logits through ``load_inputs`` -> quantized model."""
         from bench.score.quantize import int8_size_bytes
 
+        from bench.score.complexity import is_quantized
+
         self.enter("int8")
         model = self.api.load_model()
+        deployed = {dev: self.api.get_model_for_device(model, dev) for dev in set(self.job["splits"]["test"]["devices"])}
+        if all(is_quantized(net) for net in deployed.values()):  # INT8 already: never quantized twice
+            return {"already_int8": True, "size_bytes": max(int8_size_bytes(net) for net in deployed.values())}
         quantized, group_of = self.quantize(model)
         test, size = self.job["splits"]["test"], self.job["batch_size"]
         out = []
@@ -182,8 +196,8 @@ class Session:
                 y[idx] = part
             out.append(y.numpy())
             self.emit(stage="int8", done=i + len(devices), total=len(test["files"]))
-        np.save(self.work / "test-int8.npy", np.concatenate(out))
-        return {"logits": "test-int8.npy", "size_bytes": max(int8_size_bytes(q) for q in quantized.values())}
+        return {"logits": self.send_array("test-int8", np.concatenate(out)),
+                "size_bytes": max(int8_size_bytes(q) for q in quantized.values())}
 
     def quantize(self, model) -> tuple[dict, dict]:
         """FX static PTQ of every distinct ``get_model_for_device`` model of the test devices, calibrated on
@@ -235,10 +249,16 @@ class Session:
         return asdict(measured)
 
 
+COUNTED_MODEL_API = "get_counted_model_for_device"  # optional: the float twin of an INT8 device model
+
+
 def package_complexity(api: ModuleType):
     """The official check (test_complexity.py): ``load_inputs`` on the package's ``resources/dummy.wav`` for
-    devices a, b, c, s1 … s10, then each ``get_model_for_device`` model counted at its input's shape."""
-    from bench.score.complexity import DeviceModel, count_devices
+    devices a, b, c, s1 … s10, then each ``get_model_for_device`` model counted at its input's shape. A package
+    that deploys INT8 may also define ``get_counted_model_for_device(model, device_id)`` returning the float twin,
+    which is then counted at one byte per parameter, as the organisers ask; without it a converted model is counted
+    from its quantized graph (``bench.score.complexity``)."""
+    from bench.score.complexity import DeviceModel, count_devices, is_quantized
 
     dummy = Path(api.__file__).resolve().parent / "resources" / "dummy.wav"
     if not dummy.is_file():
@@ -248,14 +268,15 @@ def package_complexity(api: ModuleType):
     inputs = list(api.load_inputs([str(dummy)] * len(devices), devices, model))
     if len(inputs) != len(devices):
         raise PackageError(f"load_inputs returned {len(inputs)} inputs for {len(devices)} files")
-    return count_devices({dev: DeviceModel(api.get_model_for_device(model, dev), tuple(batch_input(x).shape))
-                          for dev, x in zip(devices, inputs)})
-
-
-def _write(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    twin = getattr(api, COUNTED_MODEL_API, None)
+    models = {}
+    for dev, x in zip(devices, inputs):
+        deployed = api.get_model_for_device(model, dev)
+        if callable(twin) and is_quantized(deployed):
+            models[dev] = DeviceModel(twin(model, dev), tuple(batch_input(x).shape), "int8")
+        else:
+            models[dev] = DeviceModel(deployed, tuple(batch_input(x).shape))
+    return count_devices(models)
 
 
 def main(argv: list[str]) -> int:
@@ -265,7 +286,7 @@ def main(argv: list[str]) -> int:
     if job["memory_bytes"]:
         resource.setrlimit(resource.RLIMIT_AS, (job["memory_bytes"], job["memory_bytes"]))
     with os.fdopen(fd, "w", buffering=1) as events:
-        return Session(job, job_path.parent, events).run()
+        return Session(job, events).run()
 
 
 if __name__ == "__main__":

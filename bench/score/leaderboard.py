@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import hashlib
 import json
 import math
 import numbers
@@ -16,6 +17,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +27,7 @@ import pyarrow.parquet as pq
 from bench import provenance
 from bench.errors import BoardError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 VERSION_KEY = b"ascbench.schema_version"
 
 KINDS = ("system", "teacher", "package", "ablation")
@@ -50,7 +52,7 @@ SCHEMA = pa.schema(
         ("row_id", _STR), ("submission", _STR), ("system", _STR), ("variant", _STR), ("kind", _STR),
         ("is_teacher", _BOOL), ("seed", _I64), ("profile", _STR), ("dataset", _STR), ("dataset_fingerprint", _STR),
         ("split", _STR), ("train_split", _STR), ("config_hash", _STR), ("notes", _STR), ("run_dir", _STR),
-        ("stages", _STR),
+        ("stages", _STR), ("isolation", _STR), ("row_checksum", _STR),
         # status
         ("status", _STR), ("error", _STR),
         # accuracy
@@ -202,14 +204,16 @@ def _corrupt_message(path: Path, why: str) -> str:
             f"(`git checkout -- {path}` if it is tracked) or move it aside, then re-score to rebuild it.")
 
 
-def check_board(path: str | os.PathLike) -> None:
-    """Refuse, before any work, a board that exists but cannot take rows (``BoardError``); a missing one is fine."""
+def check_board(path: str | os.PathLike) -> BoardAudit:
+    """Before any work: refuse a board that exists but cannot take rows (``BoardError``; a missing one is fine),
+    and audit the rows it holds (edits made outside ascbench are reported, never ranked)."""
     path = Path(path)
     if path.exists():
-        read_table(path)
-    elif not os.access(_existing_parent(path), os.W_OK):
+        return audit_board(path, read_table(path))
+    if not os.access(_existing_parent(path), os.W_OK):
         raise BoardError(f"{path}: cannot create the board there (no write permission in "
                          f"{_existing_parent(path)}); pass another --board")
+    return BoardAudit()
 
 
 def _existing_parent(path: Path) -> Path:
@@ -238,9 +242,103 @@ def append_rows(board_path: str | os.PathLike, rows: Iterable[dict]) -> int:
         old = read_table(board) if board.exists() else SCHEMA.empty_table()
         if not rows:
             return old.num_rows
-        table = pa.concat_tables([old, pa.Table.from_pylist(rows, schema=SCHEMA)])
+        records = pa.Table.from_pylist(rows, schema=SCHEMA).to_pylist()
+        for record in records:
+            record[CHECKSUM] = row_checksum(record)
+        table = pa.concat_tables([old, pa.Table.from_pylist(records, schema=SCHEMA)])
         _write_atomic(table, board)
+        _journal(board, records)
         return table.num_rows
+
+
+# ------------------------------------------------------------------------------------------------------ integrity
+
+CHECKSUM = "row_checksum"
+
+
+def row_checksum(record: dict) -> str:
+    """SHA-256 over a row's values (every column but the checksum itself), as Arrow hands them back."""
+    payload = {k: v for k, v in record.items() if k != CHECKSUM}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def journal_path(board: Path) -> Path:
+    """Where this machine keeps a copy of every row it wrote to ``board`` (outside the board's folder)."""
+    from bench.paths import data_home
+
+    return data_home() / "boards" / (hashlib.sha1(str(Path(board).resolve()).encode()).hexdigest()[:16] + ".jsonl")
+
+
+def _journal(board: Path, records: list[dict]) -> None:
+    path = journal_path(board)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(board.read_bytes()).hexdigest()
+    with open(path, "a") as f:
+        for record in records:
+            f.write(json.dumps({"row": record}, default=str) + "\n")
+        f.write(json.dumps({"board": str(board.resolve()), "file_sha256": digest}) + "\n")
+
+
+@dataclasses.dataclass
+class BoardAudit:
+    """What ``audit_board`` found: rows changed, removed or unverifiable since ascbench wrote them."""
+
+    edited: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # row_id -> what changed
+    removed: list[str] = dataclasses.field(default_factory=list)            # "row_id (submission)"
+    unverified: int = 0                                          # rows written before checksums existed
+    file_changed: bool = False                                   # the file differs from what ascbench last wrote
+
+    @property
+    def clean(self) -> bool:
+        return not (self.edited or self.removed or self.file_changed)
+
+    def lines(self, board: Path) -> list[str]:
+        out = [f"{board}: row {row_id} was edited outside ascbench: {'; '.join(changes)}"
+               for row_id, changes in self.edited.items()]
+        out += [f"{board}: row {what} was removed outside ascbench" for what in self.removed]
+        if self.file_changed and not out:
+            out.append(f"{board}: the file changed outside ascbench since it last wrote it (rows still verify)")
+        return out
+
+
+def audit_board(board: str | os.PathLike, table: pa.Table | None = None) -> BoardAudit:
+    """Check every row's checksum and compare with this machine's journal of what it wrote (which says what
+    changed, and which rows went missing)."""
+    board = Path(board)
+    records = (table if table is not None else read_table(board)).to_pylist()
+    written: dict[str, dict] = {}
+    last_digest = None
+    path = journal_path(board)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                entry = json.loads(line)
+                if "row" in entry:
+                    written[entry["row"]["row_id"]] = entry["row"]
+                else:
+                    last_digest = entry.get("file_sha256")
+    audit = BoardAudit()
+    present = set()
+    for record in records:
+        present.add(record["row_id"])
+        original = written.get(record["row_id"])
+        if record.get(CHECKSUM) is None:
+            audit.unverified += 1
+        elif row_checksum(record) != record[CHECKSUM] or (original and original[CHECKSUM] != record[CHECKSUM]):
+            audit.edited[record["row_id"]] = _changes(original, record)
+    audit.removed = [f"{row_id} ({row['submission']})" for row_id, row in written.items() if row_id not in present]
+    if last_digest is not None and board.exists():
+        audit.file_changed = hashlib.sha256(board.read_bytes()).hexdigest() != last_digest
+    return audit
+
+
+def _changes(original: dict | None, record: dict, limit: int = 5) -> list[str]:
+    if original is None:
+        return ["its checksum no longer matches (no copy of the original on this machine)"]
+    diffs = [f"{k} {original.get(k)!r} → {record.get(k)!r}" for k in record
+             if k not in (CHECKSUM,) and str(original.get(k)) != str(record.get(k))]
+    return diffs[:limit] + ([f"and {len(diffs) - limit} more"] if len(diffs) > limit else []) or \
+        ["its checksum was rewritten"]
 
 
 @contextlib.contextmanager
@@ -295,13 +393,15 @@ def filter_board(df: pd.DataFrame, *, system: str | None = None, profile: str | 
     return df[mask.fillna(False).astype(bool)]
 
 
-def rank_board(df: pd.DataFrame) -> pd.DataFrame:
+def rank_board(df: pd.DataFrame, unranked: Iterable[str] = ()) -> pd.DataFrame:
     """Sorted by macro accuracy, best first (failed rows last), with a ``rank`` column.
 
-    Teachers are sorted in but get no rank: they ignore the complexity limits and are not competing. Ties share a rank.
+    Teachers are sorted in but get no rank: they ignore the complexity limits and are not competing; neither do rows
+    in ``unranked`` (row ids, e.g. rows edited outside ascbench). Ties share a rank.
     """
     scored = (df["status"] == "ok") & df["macro_acc"].notna()
-    ranks = df["macro_acc"].where(scored & ~df["is_teacher"].fillna(False)).rank(ascending=False, method="min")
+    competing = scored & ~df["is_teacher"].fillna(False) & ~df["row_id"].isin(set(unranked))
+    ranks = df["macro_acc"].where(competing).rank(ascending=False, method="min")
     ranked = df.assign(rank=ranks.astype("Int64"), _sort=df["macro_acc"].where(scored))
     ranked = ranked.sort_values(["_sort", "submission"], ascending=[False, True], na_position="last", kind="stable")
     return ranked[["rank", *df.columns]].reset_index(drop=True)

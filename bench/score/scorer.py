@@ -191,12 +191,27 @@ def score_submission(sub: Submission, store: Store, manifest: Manifest, split: s
         "batch_size": options.batch_size, "clips_per_s": len(clips) / max(predict_s, 1e-9),
     }
     result = ScoreResult(row, scores, complexity, logits, notes=list(sub.notes))
+    unreadable = unreadable_clips(store, split)
+    if unreadable:
+        result.notes.append(unreadable_note(len(clips), split, unreadable))
+        result.extra["unreadable"] = unreadable
     if options.int8:
         _score_int8(sub, store, manifest, clips, calib, options, result, progress, cache)
     if options.energy:
         _measure_energy(sub, store, clips, options, result)
     row["wall_s_score"] = time.perf_counter() - start
     return result
+
+
+def unreadable_clips(store: Store, split: str) -> list[str]:
+    """Clips of ``split`` that could not be decoded when the store was made (left out of every score)."""
+    every = store.split(split, include_failed=True)
+    return every.loc[~every["ok"], "filename"].tolist()
+
+
+def unreadable_note(scored: int, split: str, unreadable: list[str]) -> str:
+    shown = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
+    return (f"{scored} of {scored + len(unreadable)} {split} clips scored; {len(unreadable)} unreadable: {shown}")
 
 
 def complexity_columns(complexity: SubmissionComplexity) -> dict:
@@ -208,7 +223,8 @@ def complexity_columns(complexity: SubmissionComplexity) -> dict:
         "thop_macs": max((r.thop_macs or 0) for r in per_device) or None,
         "dispatcher_macs": max(r.dispatcher_macs for r in per_device),
         "complexity_per_device": {d: {"macs": r.macs, "param_bytes": r.param_bytes, "params": r.params,
-                                      "dtype": r.dtype, "input_shape": list(r.input_shape), "status": r.status}
+                                      "dtype": r.dtype, "input_shape": list(r.input_shape), "status": r.status,
+                                      "counter": r.counter, "hidden_params": r.hidden_params}
                                   for d, r in complexity.per_device.items()},
         "compliant": complexity.compliant,
         "compliance_reasons": compliance_reasons(complexity),

@@ -5,14 +5,18 @@ An entry is named by the hash of its static inputs (:func:`bench.identity.digest
 (:class:`bench.identity.Recorder`), and who trained it (commit, harness source hash, time). :meth:`CacheEntry.lookup`
 says whether it can be reused and, if not, why ("bench/augment.py changed", "config lr: 0.004 → 0.002",
 "not trained before"). Interrupted work (Lightning checkpoints of the fits inside) is resumed unless harness code it
-ran has changed since it started.
+ran has changed since it started. Two processes that need the same entry at once take turns (:meth:`CacheEntry.lock`):
+the second waits, then finds the finished entry and reuses it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +89,19 @@ class CacheEntry:
             if info.get("name") == self.name:
                 found.append((info.get("label") == self.label, done.stat().st_mtime, info))
         return max(found, key=lambda f: f[:2])[2] if found else None
+
+    @contextlib.contextmanager
+    def lock(self, console: Console) -> Iterator[None]:
+        """Hold this entry exclusively (an flock on a sibling file, released when the process dies)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f"{self.dir.name}.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                console.print(f"  [yellow]{self.name}: another process is training it; waiting to reuse its "
+                              "result[/]")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
     def load_artifacts(self) -> dict[str, Any]:
         return torch.load(self.artifacts_path, map_location="cpu", weights_only=True)

@@ -299,30 +299,31 @@ class StageOutcome:
 
 def run_stage(env: RunEnv, stage: str, previous: dict[str, dict[str, Any]], upstream: dict[str, str]) -> StageOutcome:
     """Run (or reuse) one stage; ``previous`` holds the artifacts and ``upstream`` the resolved keys of the stages
-    before it."""
+    before it. Two runs needing the same stage at once take turns: the second reuses what the first trains."""
     label = {"profile": env.profile, "variant": env.variant, "seed": env.seed}
     entry = CacheEntry(env.cache_root / env.spec.name, stage, env.static_inputs(stage, upstream), label)
-    hit, reasons = entry.lookup()
-    if hit:
-        return StageOutcome(entry.load_artifacts(), True, entry.info["wall_s"], entry.resolved_key, entry, [])
-    env.console.print(f"  stage [bold]{stage}[/]: training ({'; '.join(reasons)})")
-    entry.prepare_work(env.console)
-    ctx = StageContext(env, stage, entry.dir, previous)
-    L.seed_everything(env.seed, workers=True, verbose=False)
-    start = time.perf_counter()
-    with Recorder() as recorder:
-        try:
-            artifacts = getattr(env.spec.module, stage)(ctx)
-        except (StageError, Interrupted, KeyboardInterrupt):
-            entry.note_interrupted(recorder)
-            raise
-        except Exception as exc:
-            entry.note_interrupted(recorder)
-            raise StageError(f"{env.spec.name}: stage {stage!r} raised {type(exc).__name__}: {exc} "
-                             f"(work kept in {entry.dir})") from exc
-    if not isinstance(artifacts, dict):
-        raise StageError(f"{env.spec.name}: stage {stage!r} must return a dict of artifacts, got "
-                         f"{type(artifacts).__name__}")
-    wall = time.perf_counter() - start
-    entry.store(artifacts, recorder, wall, notes=ctx.notes)
+    with entry.lock(env.console):
+        hit, reasons = entry.lookup()
+        if hit:
+            return StageOutcome(entry.load_artifacts(), True, entry.info["wall_s"], entry.resolved_key, entry, [])
+        env.console.print(f"  stage [bold]{stage}[/]: training ({'; '.join(reasons)})")
+        entry.prepare_work(env.console)
+        ctx = StageContext(env, stage, entry.dir, previous)
+        L.seed_everything(env.seed, workers=True, verbose=False)
+        start = time.perf_counter()
+        with Recorder() as recorder:
+            try:
+                artifacts = getattr(env.spec.module, stage)(ctx)
+            except (StageError, Interrupted, KeyboardInterrupt):
+                entry.note_interrupted(recorder)
+                raise
+            except Exception as exc:
+                entry.note_interrupted(recorder)
+                raise StageError(f"{env.spec.name}: stage {stage!r} raised {type(exc).__name__}: {exc} "
+                                 f"(work kept in {entry.dir})") from exc
+        if not isinstance(artifacts, dict):
+            raise StageError(f"{env.spec.name}: stage {stage!r} must return a dict of artifacts, got "
+                             f"{type(artifacts).__name__}")
+        wall = time.perf_counter() - start
+        entry.store(artifacts, recorder, wall, notes=ctx.notes)
     return StageOutcome(artifacts, False, wall, entry.resolved_key, entry, reasons)

@@ -117,27 +117,28 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> tuple[torch.Tensor,
     """Logits of one teacher on the training split (fit + validation clips, in that order); trains it (or
     loads its checkpoint) unless the shared cache has it. Returns (logits, came from the cache)."""
     entry = teacher_entry(ctx, cfg)
-    hit, reasons = entry.lookup()
-    if hit:
-        note_dependencies(entry.info["dependencies"])  # the stage depends on the code that trained the teacher
-        return entry.load_artifacts()["logits"], True
-    ctx.env.console.print(f"    teacher {cfg['name']}: training ({'; '.join(reasons)})")
-    entry.prepare_work(ctx.env.console)
-    start = time.perf_counter()
-    with Recorder() as recorder:
-        model = _build(ctx, cfg)
-        if cfg["checkpoint"]:
-            _load_checkpoint(model, cfg)
-        if cfg["epochs"] > 0:
-            ctx.fit(make_task(ctx, model, cfg), ctx.clips("fit"), ctx.clips("val"), name=cfg["name"],
-                    run_dir=entry.dir / "fit", seed=_seed(ctx, cfg))
-        train = ctx.clips("train")
-        logits = predict_logits(model, train)
-    n_fit = len(ctx.clips("fit"))
-    labels = torch.from_numpy(train.labels)
-    val_acc = float((logits[n_fit:].argmax(1) == labels[n_fit:]).float().mean()) if len(train) > n_fit else None
-    entry.store({"rows": torch.from_numpy(train.rows.copy()), "logits": logits, "weights": model.state_dict()},
-                recorder, time.perf_counter() - start, val_accuracy=val_acc, logits_bytes=logits.numel() * 4)
+    with entry.lock(ctx.env.console):
+        hit, reasons = entry.lookup()
+        if hit:
+            note_dependencies(entry.info["dependencies"])  # the stage depends on the code that trained the teacher
+            return entry.load_artifacts()["logits"], True
+        ctx.env.console.print(f"    teacher {cfg['name']}: training ({'; '.join(reasons)})")
+        entry.prepare_work(ctx.env.console)
+        start = time.perf_counter()
+        with Recorder() as recorder:
+            model = _build(ctx, cfg)
+            if cfg["checkpoint"]:
+                _load_checkpoint(model, cfg)
+            if cfg["epochs"] > 0:
+                ctx.fit(make_task(ctx, model, cfg), ctx.clips("fit"), ctx.clips("val"), name=cfg["name"],
+                        run_dir=entry.dir / "fit", seed=_seed(ctx, cfg))
+            train = ctx.clips("train")
+            logits = predict_logits(model, train)
+        n_fit = len(ctx.clips("fit"))
+        labels = torch.from_numpy(train.labels)
+        val_acc = float((logits[n_fit:].argmax(1) == labels[n_fit:]).float().mean()) if len(train) > n_fit else None
+        entry.store({"rows": torch.from_numpy(train.rows.copy()), "logits": logits, "weights": model.state_dict()},
+                    recorder, time.perf_counter() - start, val_accuracy=val_acc, logits_bytes=logits.numel() * 4)
     return logits, False
 
 
