@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 from rich.console import Console
@@ -26,6 +26,7 @@ from bench.identity import digest_of
 from bench.paths import data_home, runs_dir
 from bench.score.leaderboard import append_rows, check_board
 from bench.score.rows import submission_row
+from bench.score.seeds import AggregateError, aggregate_rows
 from bench.score.scorer import InputCache, ScoreOptions, ScoreResult, score_submission, unreadable_note
 from bench.submission import ModelSubmission, Submission, SubmissionError, save_submission
 from bench.system import RUN, SystemSpec, check_system, load_system
@@ -179,6 +180,31 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
         "rows": [{"row_id": r["row_id"], "submission": r["submission"], "status": r["status"],
                   "macro_acc": r["macro_acc"]} for r in result.rows]}, indent=2, default=str))
     return result
+
+
+def run_seeds(system: str | Path, seeds: Sequence[int], board: Path | None = None, console: Console | None = None,
+              **kwargs) -> tuple[list[RunResult], list[dict]]:
+    """``run_system`` once per seed (each seed's rows land as it finishes; stages a system shares across seeds are
+    trained once), then one aggregate row per submission over the seeds that scored (:mod:`bench.score.seeds`)."""
+    if len(set(seeds)) != len(seeds) or len(seeds) < 2:
+        raise ValueError(f"--seeds needs at least two distinct seeds, got {list(seeds)}")
+    console = console or Console()
+    results = [run_system(system, seed=s, board=board, console=console,
+                          score_options=replace(kwargs.pop("score_options", None) or ScoreOptions(), seed=s),
+                          **kwargs) for s in seeds]
+    by_submission: dict[tuple, list[dict]] = {}
+    for result in results:
+        for row in result.rows:
+            by_submission.setdefault((row["submission"], row["variant"]), []).append(row)
+    aggregates = []
+    for (name, _), rows in by_submission.items():
+        try:
+            aggregates.append(aggregate_rows(rows))
+        except AggregateError as exc:
+            console.print(f"  [yellow]no aggregate for {name}:[/] {exc}")
+    if board is not None and aggregates:
+        append_rows(board, aggregates)
+    return results, aggregates
 
 
 def _stage_record(stage: str, outcome: StageOutcome) -> dict[str, Any]:

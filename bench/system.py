@@ -26,7 +26,9 @@ from bench.paths import find_system, system_search_roots
 
 PROFILES = ("smoke", "default", "paper")
 RUN = Schema("run", {"val_fraction": Key(float, 0.1, "fraction of each scene's training locations held out for "
-                                                     "validation (model selection, calibration, fusion)")})
+                                                     "validation (model selection, calibration, fusion)"),
+                     "seed_shared_stages": Key(list, [], "stages trained once, at seed 0, and shared by every run "
+                                                         "seed (e.g. a fixed teacher ensemble): `--seeds` reuses them")})
 _TOP = {"system", "defaults", "profiles", "variants"}
 _SYSTEM_KEYS = {"name": str, "description": str, "citation": str, "module": str, "stages": list,
                 "default_variant": str}
@@ -90,6 +92,11 @@ class SystemSpec:
                 raise SystemError_(f"{self.toml_path}: no variant {name!r} (has: "
                                    f"{', '.join(sorted(self.variants)) or 'none'})")
             cfg = _merge(cfg, self.variants[name])
+        unknown = sorted(set(cfg.get("seed_shared_stages") or []) - set(self.stages))
+        if unknown:
+            raise SystemError_(f"{self.toml_path}: seed_shared_stages names {', '.join(unknown)}, which "
+                               f"{'is not a stage' if len(unknown) == 1 else 'are not stages'} (stages: "
+                               f"{', '.join(self.stages)})")
         return cfg
 
     def variant_names(self, variant: str | None) -> list[str]:

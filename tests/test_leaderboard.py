@@ -248,10 +248,10 @@ def test_foreign_parquet_is_refused(tmp_path):
 # ----------------------------------------------------------------------------------------------- query + CLI
 
 
-def test_rank_board_orders_by_accuracy_and_leaves_teachers_and_failures_unranked(board):
+def test_rank_board_ranks_compliant_submissions_and_lists_teachers_and_failures_below(board):
     ranked = lb.rank_board(lb.read_board(board))
-    assert list(ranked["submission"]) == ["passt-teacher", "cpmobile", "narrow", "broken"]
-    assert ranked["rank"].tolist() == [pd.NA, 1, 2, pd.NA]
+    assert list(ranked["submission"]) == ["cpmobile", "narrow", "passt-teacher", "broken"]
+    assert ranked["rank"].tolist() == [1, 2, pd.NA, pd.NA]
 
 
 def invoke(*args: str):
@@ -262,38 +262,39 @@ def test_cli_table(board):
     result = invoke(str(board))
     assert result.exit_code == 0, result.output
     out = result.stdout
-    for text in ("cpmobile", "passt-teacher / passt †", "52.00 ± 1.00", "29.42 M", "122.30 kB", "61.15 kB",
+    for text in ("cpmobile", "passt-teacher / passt †", "52.00 [51.0, 53.0]", "29.42 M", "122.30 kB", "61.15 kB",
                  "0.012 (est.)", "44.1", "✓", "✗ MACs > 30 M", "failed: load_model raised KeyError", "teacher:"):
         assert text in out, text
-    assert out.index("passt-teacher") < out.index("cpmobile") < out.index("narrow") < out.index("broken")
+    assert out.index("cpmobile") < out.index("passt-teacher") < out.index("broken") and "narrow" not in out
+    assert "1 row(s) scored on another test set (other, profile full" in result.stderr
 
 
 def test_cli_markdown(board):
     lines = invoke(str(board), "--format", "markdown").stdout.splitlines()
     assert lines[0].startswith("| # | submission / system |")
     assert set(lines[1]) <= set("|-: ")
-    assert len([line for line in lines if line.startswith("|")]) == 2 + 4
+    assert len([line for line in lines if line.startswith("|")]) == 2 + 3
     assert lines[-1].startswith("†")
 
 
 def test_cli_csv_has_every_column(board):
     df = pd.read_csv(io.StringIO(invoke(str(board), "--format", "csv").stdout))
-    assert list(df.columns) == ["rank", *lb.COLUMNS, "integrity"]
-    assert list(df["submission"]) == ["passt-teacher", "cpmobile", "narrow", "broken"]
+    assert list(df.columns) == ["rank", *(c for c in lb.COLUMNS if c != "clip_predictions"), "integrity"]
+    assert list(df["submission"]) == ["cpmobile", "passt-teacher", "broken"]
 
 
 def test_cli_json_decodes_json_columns(board):
     records = json.loads(invoke(str(board), "--format", "json").stdout)
-    assert len(records) == 4
-    assert records[1]["acc_per_device"] == {"a": 0.6, "s4": 0.4}
-    assert records[1]["rank"] == 1 and records[0]["rank"] is None
-    assert records[1]["finished_at"].startswith(str(datetime.now(timezone.utc).year))
+    assert len(records) == 3
+    assert records[0]["acc_per_device"] == {"a": 0.6, "s4": 0.4}
+    assert records[0]["rank"] == 1 and records[1]["rank"] is None
+    assert records[0]["finished_at"].startswith(str(datetime.now(timezone.utc).year))
 
 
 @pytest.mark.parametrize("option, value, expected", [
     ("--system", "passt", ["passt-teacher"]),
     ("--profile", "full", ["narrow"]),
-    ("--dataset", "synth", ["passt-teacher", "cpmobile", "broken"]),
+    ("--dataset", "synth", ["cpmobile", "passt-teacher", "broken"]),
     ("--kind", "package", ["broken"]),
 ])
 def test_cli_filters(board, option, value, expected):
@@ -345,23 +346,36 @@ def test_cli_plot_writes_png(board, tmp_path):
     assert str(out) in result.stderr
 
 
-def test_pareto_front_leaves_out_teachers_and_labels_front_and_teachers(tmp_path):
-    """A cheap teacher must not start the submissions' front; only front points and teachers get a label."""
-    from matplotlib.figure import Figure
-
-    from bench.score.plot import _series
+def test_pareto_front_runs_over_compliant_submissions_and_labels_never_collide(tmp_path):
+    """A cheap teacher or a non-compliant ablation must not start or join the front; labels keep clear of each
+    other, of every marker and of the limit lines."""
+    from bench.score.plot import pareto_figure
 
     path = tmp_path / "b.parquet"
+    crowd = [row(submission=f"crowd-{i}", macro_acc=0.30 + 0.004 * i, max_macs=5_000_000 + 50_000 * i,
+                 max_param_bytes=60_000 + 1_000 * i, compliant=True) for i in range(12)]
     lb.append_rows(path, [
-        row(submission="small-teacher", kind="teacher", macro_acc=0.30, max_macs=1_000_000),
-        row(submission="a", variant="v1", macro_acc=0.40, max_macs=2_000_000),
-        row(submission="b", macro_acc=0.35, max_macs=3_000_000),   # beaten by a
-        row(submission="c", macro_acc=0.50, max_macs=4_000_000),
-    ])
-    ax = Figure().subplots()
-    _series(ax, lb.read_board(path), "max_macs", "macro_acc", "deployed", "o", "C0")
-    assert ax.lines[0].get_xdata().tolist() == [2_000_000, 4_000_000]
-    assert sorted(t.get_text() for t in ax.texts) == ["a [v1]", "c", "small-teacher"]
+        row(submission="small-teacher", kind="teacher", macro_acc=0.30, max_macs=1_000_000, compliant=False),
+        row(submission="a", variant="v1", macro_acc=0.40, max_macs=2_000_000, max_param_bytes=50_000, compliant=True),
+        row(submission="b", macro_acc=0.35, max_macs=3_000_000, max_param_bytes=60_000, compliant=True),  # beaten by a
+        row(submission="cheap-but-too-big", macro_acc=0.60, max_macs=1_500_000, max_param_bytes=400_000,
+            compliant=False, compliance_reasons="parameter memory"),
+        row(submission="c", macro_acc=0.50, max_macs=29_000_000, max_param_bytes=127_000, compliant=True),
+        *crowd])
+    fig = pareto_figure(lb.read_board(path))
+    ax_macs, ax_size = fig.axes[:2]
+    front = next(line for line in ax_macs.lines if line.get_gid() != "limit").get_xdata().tolist()
+    assert front == [2_000_000, 29_000_000]  # neither the teacher nor the non-compliant ablation
+    texts = {t.get_text() for t in ax_macs.texts}
+    assert {"a [v1]", "c", "small-teacher", "cheap-but-too-big"} <= texts and "b" not in texts
+    renderer = fig.canvas.get_renderer()
+    for ax in (ax_macs, ax_size):
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        limit = next(line for line in ax.lines if line.get_gid() == "limit").get_window_extent(renderer)
+        for i, box in enumerate(boxes):
+            assert not any(box.overlaps(other) for other in boxes[i + 1:])
+            label_of_limit = ax.texts[i].get_text().endswith("limit")
+            assert label_of_limit or not box.overlaps(limit)
 
 
 @pytest.mark.parametrize("rows", [

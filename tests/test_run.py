@@ -281,3 +281,38 @@ def test_submission_that_raises_or_predicts_nan(tiny_system, smoke_dataset, fres
     assert result.exit_code == 1
     row = read_board(board).iloc[0]
     assert row["status"] == "failed" and "NaN" in row["error"] and pd.isna(row["macro_acc"])
+
+
+def test_seeds_reuse_the_shared_stages_and_add_one_aggregate_row(tmp_path, smoke_dataset, fresh_home, monkeypatch):
+    folder = tmp_path / "twostage"
+    folder.mkdir()
+    (folder / "system.py").write_text(TINY_SYSTEM.replace('"tiny/net"', '"twostage/net"') + '''
+
+@reads(MODEL)
+def warm(ctx):
+    return {"seed": ctx.seed}
+''')
+    toml = TINY_TOML.replace('name = "tiny"', 'name = "twostage"').replace(
+        'stages = ["train"]', 'stages = ["warm", "train"]').replace('model = "tiny/net"', 'model = "twostage/net"')
+    (folder / "system.toml").write_text(toml.replace('model = "twostage/net"', 'model = "twostage/net"\n'
+                                                     'seed_shared_stages = ["warm"]'))
+    monkeypatch.setenv("TINY_LOG", str(tmp_path / "epochs.log"))
+    board = tmp_path / "b.parquet"
+    result = runner.invoke(app, ["run", str(folder), "--profile", "smoke", "--seeds", "0,1", "--data",
+                                 str(smoke_dataset), "--board", str(board), "--no-progress", "--no-int8",
+                                 "--no-energy", "--json"])
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.stdout)["runs"]
+    assert [[s["reused"] for s in r["stages"]] for r in runs] == [[False, False], [True, False]]  # warm: seed 0 once
+    rows = read_board(board)
+    assert rows["seed"].tolist()[:2] == [0, 1] and rows["n_seeds"].tolist() == [1, 1, 2]
+    aggregate = rows.iloc[2]
+    assert aggregate["seeds"] == "0,1" and json.loads(aggregate["seed_rows"]) == rows["row_id"].tolist()[:2]
+    assert aggregate["macro_acc"] == pytest.approx(rows["macro_acc"].iloc[:2].mean())
+    shown = json.loads(runner.invoke(app, ["leaderboard", str(board), "--json"]).stdout)
+    assert len(shown) == 1 and shown[0]["n_seeds"] == 2  # the aggregate stands for its seeds
+    assert runner.invoke(app, ["run", str(folder), "--seeds", "0,0"]).exit_code != 0
+    (folder / "system.toml").write_text(toml.replace('model = "twostage/net"', 'model = "twostage/net"\n'
+                                                     'seed_shared_stages = ["wram"]'))
+    with pytest.raises(SystemError_, match="seed_shared_stages names wram, which is not a stage"):
+        load_system(folder).resolve("smoke")

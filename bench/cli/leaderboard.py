@@ -18,7 +18,8 @@ from rich.table import Table
 from bench.cli.app import app
 from bench.cli.output import out
 from bench.paths import board_path
-from bench.score.leaderboard import JSON_COLUMNS, KINDS, BoardError, audit_board, filter_board, rank_board, read_board
+from bench.score.leaderboard import (JSON_COLUMNS, KINDS, BoardError, audit_board, collapse_reruns, comparable,
+                                     filter_board, rank_board, read_board)
 
 Format = Enum("Format", {name: name for name in ("table", "csv", "markdown", "json")}, type=str)
 Kind = Enum("Kind", {name: name for name in KINDS}, type=str)
@@ -38,6 +39,10 @@ def leaderboard(
     profile: Annotated[str | None, typer.Option(help="Only rows scored on this dataset profile.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Only rows scored on this dataset.")] = None,
     kind: Annotated[Kind | None, typer.Option(help="Only rows of this kind.")] = None,
+    test_set: Annotated[str | None, typer.Option(help="Rows scored on this test set (dataset fingerprint or a "
+                                                       "prefix); default: the one most rows were scored on.")] = None,
+    all_rows: Annotated[bool, typer.Option("--all", help="Every row of the test set: re-runs and each seed of an "
+                                                         "aggregate too (default: one line per run identity).")] = False,
     plot: Annotated[Path | None, typer.Option(help="Also write a Pareto plot (PNG) of the shown rows here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
@@ -51,8 +56,16 @@ def leaderboard(
     df = df.assign(integrity=[("edited outside ascbench: " + "; ".join(audit.edited[r])) if r in audit.edited
                               else "ok" if c is not None and not pd.isna(c) else "unverified (written before checksums)"
                               for r, c in zip(df["row_id"], df["row_checksum"])])
-    df = rank_board(filter_board(df, system=system, profile=profile, dataset=dataset,
-                                 kind=kind.value if kind else None), unranked=audit.edited)
+    df = filter_board(df, system=system, profile=profile, dataset=dataset, kind=kind.value if kind else None)
+    try:
+        df, others = comparable(df, test_set)
+    except BoardError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    for other in others.itertuples():  # rows on other test clips are never ranked beside these
+        typer.echo(f"note: {other.rows} row(s) scored on another test set ({other.dataset}, profile {other.profile}, "
+                   f"--test-set {str(other.dataset_fingerprint)[:12]}) are not shown", err=True)
+    df = rank_board(df if all_rows else collapse_reruns(df), unranked=audit.edited)
     if plot is not None:
         from bench.score.plot import plot_board  # matplotlib is slow to import; only pay for it when plotting
 
@@ -97,7 +110,8 @@ def _summary_row(r: dict) -> dict[str, str]:
         (" [edited outside ascbench: not ranked]" if str(r.get("integrity", "")).startswith("edited") else ""),
         "variant": _text(r["variant"]),
         "kind": r["kind"],
-        "seed": _text(r["seed"]),
+        "seeds": _seeds(r),
+        "profile": _text(r["profile"]),
         "macro acc %": _macro(r),
         "known %": _num(r["acc_known"], 100),
         "unseen %": _num(r["acc_unseen"], 100),
@@ -123,11 +137,20 @@ def _num(value, scale: float = 1.0, suffix: str = "", spec: str = ".2f") -> str:
     return f"{value * scale:{spec}}{suffix}" if _present(value) else NA
 
 
+def _seeds(r: dict) -> str:
+    """The seed of a single row; ``n (a,b,c)`` for a seed aggregate."""
+    if _present(r.get("n_seeds")) and r["n_seeds"] > 1:
+        return f"{r['n_seeds']} ({r['seeds']})"
+    return _text(r["seed"])
+
+
 def _macro(r: dict) -> str:
-    """Macro accuracy ± half the CI width (the CI can be asymmetric; the exact bounds are in CSV/JSON)."""
+    """Macro accuracy [95 % interval over recording locations]; for a seed aggregate the mean ± sd over seeds
+    first. Exact bounds and the method are in CSV/JSON."""
     low, high = r["macro_acc_ci_low"], r["macro_acc_ci_high"]
-    ci = f" ± {50 * (high - low):.2f}" if _present(low) and _present(high) else ""
-    return _num(r["macro_acc"], 100) + ci
+    ci = f" [{100 * low:.1f}, {100 * high:.1f}]" if _present(low) and _present(high) else ""
+    sd = f" ± {100 * r['macro_acc_seed_std']:.2f}" if _present(r.get("macro_acc_seed_std")) else ""
+    return _num(r["macro_acc"], 100) + sd + ci
 
 
 def _int8_failure(r: dict) -> str:
@@ -178,13 +201,18 @@ def _has_teacher(df: pd.DataFrame) -> bool:
     return bool(df["is_teacher"].fillna(False).any())
 
 
+def _text_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Every column but the binary per-clip predictions (read them from the Parquet file: bench compare / report)."""
+    return df.drop(columns=["clip_predictions"], errors="ignore")
+
+
 def csv(df: pd.DataFrame) -> str:
-    return df.to_csv(index=False).rstrip("\n")
+    return _text_columns(df).to_csv(index=False).rstrip("\n")
 
 
 def records_json(df: pd.DataFrame) -> str:
     """Records with every column; JSON columns are decoded so consumers get nested objects, not strings."""
-    records = json.loads(df.to_json(orient="records", date_format="iso"))
+    records = json.loads(_text_columns(df).to_json(orient="records", date_format="iso"))
     for record in records:
         for column in JSON_COLUMNS:
             if record[column] is not None:

@@ -38,8 +38,7 @@ def summary_table(result) -> Table:
     def line(label, values):
         table.add_row(label, *values)
 
-    line("macro acc (95% CI)", [f"{_pct(r['macro_acc'])} ({_pct(r['macro_acc_ci_low'])}–{_pct(r['macro_acc_ci_high'])})"
-                                for r in rows])
+    line("macro acc (95% CI)", [_macro_cell(r) for r in rows])
     for d in devices:
         line(f"  device {d}", [_pct(p.get(d)) for p in per_dev])
     line("known / unseen", [f"{_pct(r['acc_known'])} / {_pct(r['acc_unseen'])}" for r in rows])
@@ -55,8 +54,17 @@ def summary_table(result) -> Table:
     return table
 
 
+def _macro_cell(r: dict) -> str:
+    """Mean ± sd over seeds for an aggregate row; then the interval over recording locations."""
+    ci = f"({_pct(r['macro_acc_ci_low'])}–{_pct(r['macro_acc_ci_high'])})"
+    if (r.get("n_seeds") or 1) > 1:
+        return f"{_pct(r['macro_acc'])} ± {_pct(r['macro_acc_seed_std'])} ({r['n_seeds']} seeds) {ci}"
+    return f"{_pct(r['macro_acc'])} {ci}"
+
+
 def _row_summary(row: dict) -> dict:
-    keys = ("row_id", "submission", "variant", "kind", "status", "error", "macro_acc", "macro_acc_ci_low",
+    keys = ("row_id", "submission", "variant", "kind", "status", "error", "n_seeds", "seeds", "macro_acc",
+            "macro_acc_seed_std", "macro_acc_ci_low",
             "macro_acc_ci_high", "acc_known", "acc_unseen", "max_macs", "max_param_bytes", "deploy_dtype",
             "compliant", "compliance_reasons", "int8_macro_acc", "int8_size_bytes", "notes")
     return {k: row[k] for k in keys}
@@ -69,6 +77,8 @@ def run(system: str = typer.Argument(..., help="system folder (e.g. systems/base
                                                       "(default)"),
         profile: str = typer.Option("default", help="smoke | default | paper"),
         seed: int = typer.Option(0, help="training seed"),
+        seeds: Optional[str] = typer.Option(None, help="several seeds, e.g. 0,1,2: one row per seed plus an "
+                                                       "aggregate row (mean ± sd over seeds)"),
         variant: Optional[str] = typer.Option(None, help="a [variants.NAME] of the system (ablations)"),
         board: str = typer.Option("local", help="leaderboard: a NAME (leaderboards/NAME.parquet) or a .parquet "
                                                 "path; 'none' appends nowhere"),
@@ -85,28 +95,55 @@ def run(system: str = typer.Argument(..., help="system folder (e.g. systems/base
         energy: bool = typer.Option(True, help="also measure inference energy per clip"),
         as_json: bool = typer.Option(False, "--json", help="print the run (folder, stages, rows) as JSON")) -> None:
     """Train every stage of a system, score it, and append the result to the leaderboard."""
-    from bench.run import RunResult, run_system
+    from bench.run import RunResult, run_seeds, run_system
     from bench.score.scorer import ScoreOptions
 
     target = None if board == "none" else board_path(board)
+    seed_list = _parse_seeds(seeds) if seeds is not None else [seed]
     with json_mode(as_json):
+        console = err.get() if as_json else out.get()
+        kwargs = dict(data=data, profile=profile, variant=variant, accelerator=accelerator, devices=devices,
+                      train_split=train_split, progress=progress and not as_json, num_nodes=num_nodes,
+                      score_options=ScoreOptions(seed=seed_list[0], int8=int8, energy=energy), splits_dir=splits_dir)
         try:
-            result = run_system(system, data, profile, seed, variant, target, accelerator, devices, train_split,
-                                progress and not as_json, num_nodes, err.get() if as_json else out.get(),
-                                ScoreOptions(seed=seed, int8=int8, energy=energy), splits_dir=splits_dir)
+            if len(seed_list) == 1:
+                results, aggregates = [run_system(system, seed=seed_list[0], board=target, console=console,
+                                                  **kwargs)], []
+            else:
+                results, aggregates = run_seeds(system, seed_list, target, console, **kwargs)
         except RUN_ERRORS as exc:
             err.print(f"[red]error:[/] {exc}")
             raise typer.Exit(130 if isinstance(exc, Interrupted) else 1)
-        ok = [r for r in result.rows if r["status"] == "ok"]
+        rows = [r for result in results for r in result.rows]
+        ok = [r for r in rows if r["status"] == "ok"]
         if ok and not as_json:
-            out.print(summary_table(RunResult(result.run_dir, rows=ok)))
-        where = f"appended {len(result.rows)} row(s) to {target}" if target else "no board (--board none)"
-        (err if as_json else out).print(f"{where}; run folder {result.run_dir}")
+            shown = aggregates or ok
+            out.print(summary_table(RunResult(results[-1].run_dir, rows=shown)))
+        where = f"appended {len(rows) + len(aggregates)} row(s) to {target}" if target else "no board (--board none)"
+        folders = ", ".join(str(r.run_dir) for r in results)
+        (err if as_json else out).print(f"{where}; run folder{'s' if len(results) > 1 else ''} {folders}")
     if as_json:
-        print_json({"run_dir": str(result.run_dir), "board": str(target) if target else None,
-                    "stages": result.stages, "rows": [_row_summary(r) for r in result.rows]})
-    if len(ok) < len(result.rows):
+        record = {"board": str(target) if target else None,
+                  "runs": [{"run_dir": str(r.run_dir), "stages": r.stages, "rows": [_row_summary(x) for x in r.rows]}
+                           for r in results]}
+        if len(results) == 1:
+            record = {"run_dir": record["runs"][0]["run_dir"], "board": record["board"],
+                      "stages": results[0].stages, "rows": record["runs"][0]["rows"]}
+        else:
+            record["aggregates"] = [_row_summary(r) for r in aggregates]
+        print_json(record)
+    if len(ok) < len(rows):
         raise typer.Exit(1)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--seeds takes comma-separated integers such as 0,1,2, got {text!r}") from None
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise typer.BadParameter(f"--seeds takes at least two distinct seeds, got {text!r}")
+    return seeds
 
 
 @app.command("systems")

@@ -41,10 +41,10 @@ from bench.packages.sandbox import CLIPS, JOB, Isolation, bwrap_command, require
 from bench.paths import PACKAGE_ROOT, data_home
 from bench.score.complexity import ComplexityReport, SubmissionComplexity
 from bench.score.leaderboard import ENERGY_METHODS
-from bench.score.metrics import Scores, score_predictions
+from bench.score.metrics import Scores
 from bench.score.rows import one_line, submission_row
 from bench.score.scorer import (ScoreOptions, ScoreResult, align_classes, check_logits, complexity_columns,
-                                dtype_columns, metric_columns, unreadable_clips, unreadable_note)
+                                dtype_columns, evaluate, metric_columns, unreadable_clips, unreadable_note)
 from bench.submission import SubmissionError
 
 Progress = Callable[[str, int, int], None]
@@ -390,16 +390,11 @@ def _evaluate(spec: PackageSpec, data: PackageData, run: ChildRun, staged: Stage
            **dtype_columns(complexity), "clips_per_s": len(data.test) / max(core["predict_s"]["test"], 1e-9)}
     scores = None
     if data.labelled:
-        scores = _scores(data, aligned["test"], options.n_boot, options.seed)
-        row.update(metric_columns(scores))
+        scores, predictions = evaluate(data.test, aligned["test"], data.manifest, options.n_boot, options.seed)
+        row.update(metric_columns(scores, predictions))
         row.update(_int8_columns(spec, data, run, staged, order, options, notes, scores))
         row.update(_energy_columns(run, options, notes))
     return PackageResult(spec, identity, ScoreResult(row, scores, complexity, notes=notes), None, order, raw)
-
-
-def _scores(data: PackageData, logits: np.ndarray, n_boot: int, seed: int) -> Scores:
-    return score_predictions(data.test["label"].to_numpy(), logits, data.test["device"].astype(str).to_numpy(),
-                             data.manifest.classes, data.manifest.roles(), n_boot=n_boot, seed=seed)
 
 
 def _int8_columns(spec, data, run, staged, order, options, notes, scores) -> dict:
@@ -418,7 +413,7 @@ def _int8_columns(spec, data, run, staged, order, options, notes, scores) -> dic
     check_logits(logits, data.test, f"{spec.submission} (int8)")
     notes.append("INT8: FX static PTQ of each get_model_for_device() model, calibrated on validation clips, "
                  "applied to load_inputs() outputs")
-    return {"int8_macro_acc": _scores(data, logits, 100, options.seed).macro_accuracy,
+    return {"int8_macro_acc": evaluate(data.test, logits, data.manifest, 100, options.seed)[0].macro_accuracy,
             "int8_size_bytes": out["size_bytes"]}
 
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from bench import provenance
 from bench.errors import BoardError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 VERSION_KEY = b"ascbench.schema_version"
 
 KINDS = ("system", "teacher", "package", "ablation")
@@ -40,9 +40,10 @@ REQUIRED = frozenset({"submission", "system", "kind", "status"})
 FRACTIONS = ("macro_acc", "macro_acc_ci_low", "macro_acc_ci_high", "overall_acc", "acc_known", "acc_unseen",
              "acc_real", "acc_seen", "int8_macro_acc")
 # stored as JSON text: portable to CSV/pandas/any Parquet reader, unlike map types that pandas turns into tuples
-JSON_COLUMNS = ("acc_per_device", "acc_per_class", "confusion", "complexity_per_device", "counters", "stages")
+JSON_COLUMNS = ("acc_per_device", "acc_per_class", "confusion", "complexity_per_device", "counters", "stages",
+                "intervals", "seed_rows")
 
-_STR, _F64, _I64, _BOOL = pa.string(), pa.float64(), pa.int64(), pa.bool_()
+_STR, _F64, _I64, _BOOL, _BIN = pa.string(), pa.float64(), pa.int64(), pa.bool_(), pa.binary()
 _TS = pa.timestamp("us", tz="UTC")
 
 SCHEMA = pa.schema(
@@ -59,6 +60,9 @@ SCHEMA = pa.schema(
         ("macro_acc", _F64), ("macro_acc_ci_low", _F64), ("macro_acc_ci_high", _F64), ("overall_acc", _F64),
         ("log_loss", _F64), ("acc_known", _F64), ("acc_unseen", _F64), ("acc_real", _F64), ("acc_seen", _F64),
         ("acc_per_device", _STR), ("acc_per_class", _STR), ("confusion", _STR), ("n_clips", _I64),
+        ("ci_method", _STR), ("intervals", _STR), ("clips_digest", _STR), ("clip_predictions", _BIN),
+        # seeds: one row per seed, plus an aggregate row over them
+        ("n_seeds", _I64), ("seeds", _STR), ("seed_rows", _STR), ("macro_acc_seed_std", _F64),
         # deployment precision
         ("deploy_dtype", _STR), ("int8_macro_acc", _F64), ("int8_size_bytes", _I64), ("int8_error", _STR),
         # complexity
@@ -77,6 +81,9 @@ SCHEMA = pa.schema(
     metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
 COLUMNS = tuple(SCHEMA.names)
+# columns each schema version added: a row's checksum covers the columns of the version it was written with
+ADDED_IN = {4: ("ci_method", "intervals", "clips_digest", "clip_predictions", "n_seeds", "seeds", "seed_rows",
+                "macro_acc_seed_std")}
 
 
 # ---------------------------------------------------------------------------------------------------------- rows
@@ -257,9 +264,16 @@ CHECKSUM = "row_checksum"
 
 
 def row_checksum(record: dict) -> str:
-    """SHA-256 over a row's values (every column but the checksum itself), as Arrow hands them back."""
-    payload = {k: v for k, v in record.items() if k != CHECKSUM}
+    """SHA-256 over a row's values (every column of its schema version but the checksum itself), as Arrow hands
+    them back; binary values enter by their own SHA-256."""
+    later = {c for version, cols in ADDED_IN.items() if version > (record.get("schema_version") or 0) for c in cols}
+    payload = {k: v for k, v in _jsonable(record).items() if k != CHECKSUM and k not in later}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _jsonable(record: dict) -> dict:
+    """The record with binary values replaced by ``sha256:<hex>`` (journals and checksums hold no blobs)."""
+    return {k: "sha256:" + hashlib.sha256(v).hexdigest() if isinstance(v, bytes) else v for k, v in record.items()}
 
 
 def journal_path(board: Path) -> Path:
@@ -275,7 +289,7 @@ def _journal(board: Path, records: list[dict]) -> None:
     digest = hashlib.sha256(board.read_bytes()).hexdigest()
     with open(path, "a") as f:
         for record in records:
-            f.write(json.dumps({"row": record}, default=str) + "\n")
+            f.write(json.dumps({"row": _jsonable(record)}, default=str) + "\n")
         f.write(json.dumps({"board": str(board.resolve()), "file_sha256": digest}) + "\n")
 
 
@@ -335,6 +349,7 @@ def audit_board(board: str | os.PathLike, table: pa.Table | None = None) -> Boar
 def _changes(original: dict | None, record: dict, limit: int = 5) -> list[str]:
     if original is None:
         return ["its checksum no longer matches (no copy of the original on this machine)"]
+    record = _jsonable(record)
     diffs = [f"{k} {original.get(k)!r} → {record.get(k)!r}" for k in record
              if k not in (CHECKSUM,) and str(original.get(k)) != str(record.get(k))]
     return diffs[:limit] + ([f"and {len(diffs) - limit} more"] if len(diffs) > limit else []) or \
@@ -393,15 +408,114 @@ def filter_board(df: pd.DataFrame, *, system: str | None = None, profile: str | 
     return df[mask.fillna(False).astype(bool)]
 
 
-def rank_board(df: pd.DataFrame, unranked: Iterable[str] = ()) -> pd.DataFrame:
-    """Sorted by macro accuracy, best first (failed rows last), with a ``rank`` column.
+RUN_IDENTITY = ("system", "submission", "variant", "kind", "profile", "dataset_fingerprint", "split", "config_hash")
 
-    Teachers are sorted in but get no rank: they ignore the complexity limits and are not competing; neither do rows
-    in ``unranked`` (row ids, e.g. rows edited outside ascbench). Ties share a rank.
-    """
+
+def _test_set_key(df: pd.DataFrame) -> pd.Series:
+    """What identifies the clips a row was scored on: dataset fingerprint and split (the dataset's name for rows
+    written without a fingerprint)."""
+    return df["dataset_fingerprint"].fillna("dataset " + df["dataset"].fillna("?")) + "/" + df["split"].fillna("")
+
+
+def test_sets(df: pd.DataFrame) -> pd.DataFrame:
+    """The test sets rows were scored on, with their row counts, largest (then most recent) first."""
+    scored = df[df["status"] == "ok"].assign(_test_set=_test_set_key)
+    if scored.empty:
+        return pd.DataFrame(columns=["_test_set", "dataset_fingerprint", "dataset", "profile", "rows", "latest"])
+    out = scored.groupby("_test_set").agg(dataset_fingerprint=("dataset_fingerprint", "first"),
+                                          dataset=("dataset", "first"), profile=("profile", "first"),
+                                          rows=("row_id", "size"), latest=("finished_at", "max")).reset_index()
+    return out.sort_values(["rows", "latest"], ascending=False, kind="stable").reset_index(drop=True)
+
+
+def comparable(df: pd.DataFrame, test_set: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows scored on one test set (``test_set``: a fingerprint or its prefix; default the largest group), plus
+    the test sets left out. Failed rows of that dataset stay (they say why they have no score)."""
+    sets = test_sets(df)
+    if sets.empty:
+        return df, sets
+    if test_set is None:
+        chosen = sets.iloc[0]
+    else:
+        hits = sets[sets["dataset_fingerprint"].fillna("").str.startswith(test_set)]
+        if hits.empty:
+            raise BoardError(f"no rows scored on test set {test_set!r}; the board has: "
+                             + ", ".join(f"{r.dataset_fingerprint} ({r.dataset}, {r.rows} rows)"
+                                         for r in sets.itertuples()))
+        chosen = hits.iloc[0]
+    keep = (_test_set_key(df) == chosen["_test_set"]) | ((df["status"] == "failed") &
+                                                         (df["dataset"] == chosen["dataset"]))
+    return df[keep], sets.drop(index=chosen.name)
+
+
+def collapse_reruns(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run identity: the latest seed aggregate where one exists (its seeds' rows hidden), else the
+    latest row of each seed. Re-running the same configuration therefore never adds a line."""
+    aggregate = df["n_seeds"].fillna(1) > 1
+    key = [c for c in RUN_IDENTITY]
+    latest_agg = df[aggregate].sort_values("finished_at").groupby(key, dropna=False).tail(1)
+    members = {m for rows in latest_agg["seed_rows"].dropna() for m in json.loads(rows)}
+    covered = set(map(tuple, latest_agg[key].astype(str).to_numpy()))
+    singles = df[~aggregate & ~df["row_id"].isin(members)]
+    singles = singles[pd.Series([tuple(v) not in covered for v in singles[key].astype(str).to_numpy()],
+                                index=singles.index, dtype=bool)]
+    singles = singles.sort_values("finished_at").groupby([*key, "seed"], dropna=False).tail(1)
+    return df.loc[sorted(set(latest_agg.index) | set(singles.index))]
+
+
+def rank_board(df: pd.DataFrame, unranked: Iterable[str] = ()) -> pd.DataFrame:
+    """Sorted best first with a ``rank`` column: compliant submissions ranked by macro accuracy; below them, without
+    a rank, the rows that do not compete (non-compliant or uncountable models, teachers, which ignore the limits, and
+    rows in ``unranked``, e.g. edited outside ascbench); failed rows last. Ties share a rank."""
     scored = (df["status"] == "ok") & df["macro_acc"].notna()
-    competing = scored & ~df["is_teacher"].fillna(False) & ~df["row_id"].isin(set(unranked))
+    competing = (scored & ~df["is_teacher"].fillna(False) & df["compliant"].fillna(False).astype(bool)
+                 & ~df["row_id"].isin(set(unranked)))
     ranks = df["macro_acc"].where(competing).rank(ascending=False, method="min")
-    ranked = df.assign(rank=ranks.astype("Int64"), _sort=df["macro_acc"].where(scored))
-    ranked = ranked.sort_values(["_sort", "submission"], ascending=[False, True], na_position="last", kind="stable")
+    tier = pd.Series(2, index=df.index).where(~scored, 1).where(~competing, 0)
+    ranked = df.assign(rank=ranks.astype("Int64"), _tier=tier, _sort=df["macro_acc"].where(scored))
+    ranked = ranked.sort_values(["_tier", "_sort", "submission"], ascending=[True, False, True],
+                                na_position="last", kind="stable")
     return ranked[["rank", *df.columns]].reset_index(drop=True)
+
+
+def select_row(df: pd.DataFrame, ref: str) -> pd.Series:
+    """A row by id (or a unique id prefix of 6+ characters) or by submission name, ``NAME@VARIANT`` to pick a variant
+    (``NAME@`` for none). A name picks the latest seed aggregate of that submission, else its latest row."""
+    ids = df[df["row_id"].str.startswith(ref)] if len(ref) >= 6 else df.iloc[0:0]
+    if len(ids) == 1:
+        return ids.iloc[0]
+    if len(ids) > 1:
+        raise BoardError(f"row id prefix {ref!r} matches {len(ids)} rows; give more characters")
+    name, _, variant = ref.partition("@")
+    rows = df[(df["submission"] == name) & (df["status"] == "ok")]
+    if "@" in ref:
+        rows = rows[rows["variant"].fillna("") == variant]
+    if rows.empty:
+        raise BoardError(f"no scored row with id or submission {ref!r}")
+    variants = sorted(rows["variant"].fillna("").unique())
+    if len(variants) > 1:
+        raise BoardError(f"{name!r} has rows of several variants ({', '.join(v or '(none)' for v in variants)}); "
+                         f"write {name}@VARIANT, e.g. {name}@{variants[-1]}")
+    aggregates = rows[rows["n_seeds"].fillna(1) > 1]
+    return (aggregates if not aggregates.empty else rows).sort_values("finished_at").iloc[-1]
+
+
+def row_predictions(df: pd.DataFrame, row: pd.Series) -> list:
+    """The per-clip predictions of ``row``: one per seed (an aggregate's member rows), or the row's own."""
+    from bench.score.predictions import ClipPredictions
+
+    label = f"row {row['row_id'][:12]} ({row['submission']})"
+    n_seeds = row.get("n_seeds")
+    if not pd.isna(n_seeds) and n_seeds > 1 and isinstance(row.get("seed_rows"), str):
+        ids = json.loads(row["seed_rows"])
+        members = df[df["row_id"].isin(ids)]
+        if len(members) != len(ids):
+            raise BoardError(f"{label} aggregates {len(ids)} seed rows, but only {len(members)} are on this board")
+        rows = [members.set_index("row_id").loc[i] for i in ids]
+    else:
+        rows = [row]
+    blobs = [r.get("clip_predictions") for r in rows]
+    if any(b is None or (isinstance(b, float) and pd.isna(b)) for b in blobs):
+        raise BoardError(f"{label} has no per-clip predictions (scored before ascbench kept them); re-score it "
+                         "(`bench score --submission RUN_DIR`) to compare it")
+    return [ClipPredictions.from_bytes(b) for b in blobs]

@@ -22,6 +22,7 @@ from bench.score.complexity import ComplexityError, DeviceModel, SubmissionCompl
 from bench.score.energy import EnergyError, analytic_energy, measure_energy
 from bench.score.leaderboard import DEPLOY_DTYPES
 from bench.score.metrics import Scores, score_predictions
+from bench.score.predictions import ClipPredictions
 from bench.score.quantize import QuantizationError, int8_size_bytes
 from bench.models import create_model
 from bench.submission import OFFICIAL_DEVICES, Deployment, ModelSubmission, Submission, SubmissionError
@@ -181,13 +182,11 @@ def score_submission(sub: Submission, store: Store, manifest: Manifest, split: s
                            manifest.classes, sub.name)
     predict_s = time.perf_counter() - start
     check_logits(logits, clips, sub.name)
-    roles = manifest.roles()
-    scores = score_predictions(clips["label"].to_numpy(), logits, clips["device"].to_numpy(), manifest.classes,
-                               roles, n_boot=options.n_boot, seed=options.seed)
+    scores, predictions = evaluate(clips, logits, manifest, options.n_boot, options.seed)
     complexity = official_complexity(sub)
     row = {
         "dataset": manifest.name, "dataset_fingerprint": store.fingerprint, "split": split,
-        **metric_columns(scores), **complexity_columns(complexity), **dtype_columns(complexity),
+        **metric_columns(scores, predictions), **complexity_columns(complexity), **dtype_columns(complexity),
         "batch_size": options.batch_size, "clips_per_s": len(clips) / max(predict_s, 1e-9),
     }
     result = ScoreResult(row, scores, complexity, logits, notes=list(sub.notes))
@@ -259,13 +258,30 @@ def compliance_reasons(complexity: SubmissionComplexity) -> str | None:
     return "; ".join(parts) or None
 
 
-def metric_columns(scores: Scores) -> dict:
+def evaluate(clips: pd.DataFrame, logits: np.ndarray, manifest: Manifest, n_boot: int,
+             seed: int) -> tuple[Scores, ClipPredictions]:
+    """Metrics of ``logits`` (dataset class order) on ``clips`` (store rows), intervals over recording locations,
+    and the per-clip predictions the row keeps."""
+    locations = clips["identifier"].to_numpy() if "identifier" in clips.columns else None
+    scores = score_predictions(clips["label"].to_numpy(), logits, clips["device"].astype(str).to_numpy(),
+                               manifest.classes, manifest.roles(), n_boot=n_boot, seed=seed, locations=locations)
+    predictions = ClipPredictions.from_logits(logits, clips["label"].to_numpy(), clips["device"].astype(str),
+                                              locations if locations is not None else [""] * len(clips),
+                                              manifest.classes, clips["filename"].tolist(), manifest.roles())
+    return scores, predictions
+
+
+def metric_columns(scores: Scores, predictions: ClipPredictions | None = None) -> dict:
     g = scores.group_accuracy
-    return {"macro_acc": scores.macro_accuracy, "macro_acc_ci_low": scores.macro_accuracy_ci[0],
-            "macro_acc_ci_high": scores.macro_accuracy_ci[1], "overall_acc": scores.accuracy,
-            "log_loss": scores.log_loss, "acc_known": g.get("known"), "acc_unseen": g.get("unseen"),
-            "acc_real": g.get("real"), "acc_seen": g.get("seen"), "acc_per_device": scores.device_accuracy,
-            "acc_per_class": scores.class_accuracy, "confusion": scores.confusion, "n_clips": scores.n_clips}
+    out = {"macro_acc": scores.macro_accuracy, "macro_acc_ci_low": scores.macro_accuracy_ci[0],
+           "macro_acc_ci_high": scores.macro_accuracy_ci[1], "overall_acc": scores.accuracy,
+           "log_loss": scores.log_loss, "acc_known": g.get("known"), "acc_unseen": g.get("unseen"),
+           "acc_real": g.get("real"), "acc_seen": g.get("seen"), "acc_per_device": scores.device_accuracy,
+           "acc_per_class": scores.class_accuracy, "confusion": scores.confusion, "n_clips": scores.n_clips,
+           "ci_method": scores.ci_method, "intervals": scores.intervals, "n_seeds": 1}
+    if predictions is not None:
+        out |= {"clips_digest": predictions.digest, "clip_predictions": predictions.to_bytes()}
+    return out
 
 
 def _int8_size(sub: ModelSubmission) -> int:
@@ -292,8 +308,7 @@ def _score_int8(sub, store, manifest, clips, calib, options, result, progress, c
     logits = align_classes(predict_clips(q, store, clips, options.batch_size, progress, "int8", cache), q.class_order,
                            manifest.classes, q.name)
     check_logits(logits, clips, q.name)
-    result.int8_scores = score_predictions(clips["label"].to_numpy(), logits, clips["device"].to_numpy(),
-                                           manifest.classes, manifest.roles(), n_boot=100, seed=options.seed)
+    result.int8_scores, _ = evaluate(clips, logits, manifest, 100, options.seed)
     row["int8_macro_acc"] = result.int8_scores.macro_accuracy
     row["int8_size_bytes"] = _int8_size(q)
     result.extra["int8_submission"] = q

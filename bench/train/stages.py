@@ -121,12 +121,16 @@ class RunEnv:
                              self.data.val.of_devices(devices), self.data.split)
         return self.data
 
+    def stage_seed(self, stage: str) -> int:
+        """The seed a stage trains with: 0 for the system's ``seed_shared_stages``, else the run's."""
+        return 0 if stage in (self.resolved.get("seed_shared_stages") or []) else self.seed
+
     def static_inputs(self, stage: str, upstream: dict[str, str]) -> dict[str, Any]:
         """Everything known before the stage runs that decides its output (its cache key is their hash)."""
         config = self.spec.stage_config(self.resolved, stage)
         data = self.stage_data(config)
         return {"system": self.spec.name, "stage": stage, "config": config.to_dict(), "upstream": upstream,
-                "system_files": self.spec.files(), "data": data.identity(), "seed": self.seed,
+                "system_files": self.spec.files(), "data": data.identity(), "seed": self.stage_seed(stage),
                 "profile": self.profile, "libraries": library_versions(),
                 "world": {"accelerator": self.accelerator, "devices": self.devices, "num_nodes": self.num_nodes}}
 
@@ -141,7 +145,7 @@ class StageContext:
                        else env.spec.submission_config(env.resolved))
         self.workdir = workdir
         self.previous = previous
-        self.seed = env.seed
+        self.seed = env.stage_seed(stage) if stage else env.seed
         self.data = env.stage_data(self.config)
         self.manifest = self.data.manifest
         self.classes = list(self.data.classes)
