@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,7 +29,7 @@ from matplotlib.figure import Figure
 
 from bench.cli.leaderboard import summary
 from bench.errors import BoardError
-from bench.score.compare import ComparisonError, compare
+from bench.score.compare import Comparison, ComparisonError, compare
 from bench.score.leaderboard import (audit_board, collapse_reruns, comparable, rank_board, read_board,
                                      row_predictions, select_row)
 from bench.score.plot import plot_board
@@ -124,23 +125,28 @@ def screenshot(index: Path, png: Path, width: int = 1400, height: int = 1800) ->
 
 def _choose(full: pd.DataFrame, same: pd.DataFrame, shown: pd.DataFrame, refs: Sequence[str], top: int,
             edited: set[str]) -> list[Chosen]:
-    """The rows named in ``refs``; without refs the best ``top`` shown rows that have predictions (teachers and rows
-    edited outside ascbench only when named: they do not compete)."""
+    """The rows named in ``refs``; without refs the best ``top`` shown rows that have predictions, or on a board
+    without any the best ``top`` rows still (their device accuracies need none). Teachers and rows edited outside
+    ascbench only when named: they do not compete."""
     if refs:
         picked = {}
         for ref in refs:
             row = select_row(same, ref).to_dict()
             picked.setdefault(row["row_id"], row)
-        return [_with_predictions(full, row) for row in picked.values()]
-    out = []
-    for row in shown.to_dict("records"):
-        if len(out) >= top:
-            break
-        if row["status"] == "ok" and not _true(row["is_teacher"]) and row["row_id"] not in edited:
-            candidate = _with_predictions(full, row)
-            if candidate.preds:
-                out.append(candidate)
-    return out
+        return _distinct([_with_predictions(full, row) for row in picked.values()])
+    eligible = [_with_predictions(full, row) for row in shown.to_dict("records")
+                if row["status"] == "ok" and not _true(row["is_teacher"]) and row["row_id"] not in edited]
+    with_predictions = [c for c in eligible if c.preds]
+    return _distinct((with_predictions or eligible)[:max(top, 0)])
+
+
+def _distinct(chosen: list[Chosen]) -> list[Chosen]:
+    """Rows that would read alike (the seeds of one submission, with --all) get their short id appended."""
+    seen = Counter(c.name for c in chosen)
+    for c in chosen:
+        if seen[c.name] > 1:
+            c.name += f" [{c.row['row_id'][:8]}]"
+    return chosen
 
 
 def _with_predictions(full: pd.DataFrame, row: dict) -> Chosen:
@@ -164,7 +170,7 @@ def _true(value) -> bool:
     return _present(value) and bool(value)
 
 
-def _json(value) -> dict:
+def _json(value) -> dict | list:
     return json.loads(value) if isinstance(value, str) else {}
 
 
@@ -361,7 +367,7 @@ def _matrix(chosen: Sequence[Chosen], n_boot: int, seed: int) -> str:
     bootstrapped once; the mirrored cell is its negation, so the matrix is antisymmetric."""
     if len(chosen) < 2:
         return "<p>Choose at least two rows (--rows, --top) to compare them.</p>"
-    results: dict[tuple[int, int], object] = {}
+    results: dict[tuple[int, int], Comparison | str] = {}
     method = ""
     for i, a in enumerate(chosen):
         for j in range(i + 1, len(chosen)):
@@ -452,7 +458,8 @@ details { margin: 0.3em 0; } table.prov th { text-align: left; background: #f8f8
 """
 
 # Click a header: sort ascending by that column, click again: descending. Cells with data-sort sort by that number;
-# others by their text, numbers inside text compared as numbers. Empty values stay last either way.
+# others by their text: as a number when it is one, else with the numbers inside it compared as numbers. Empty
+# values stay last either way.
 JS = """
 document.querySelectorAll("table.sortable").forEach(function (table) {
   var headers = table.tHead.rows[0].cells;
@@ -480,7 +487,8 @@ function sortKey(cell) {
     return raw === "" ? null : parseFloat(raw);
   }
   var text = cell.textContent.trim();
-  return text === "" || text === "\\u2014" ? null : text;
+  if (text === "" || text === "\\u2014") { return null; }
+  return isNaN(Number(text)) ? text : Number(text);
 }
 """
 

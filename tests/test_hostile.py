@@ -329,7 +329,7 @@ def test_a_board_edited_outside_ascbench_is_reported_and_not_ranked(tmp_path, mo
 
     monkeypatch.chdir(tmp_path)
     board = tmp_path / "b.parquet"
-    append_rows(board, [make_row(submission=n, system=n, kind="system", status="ok", macro_acc=a)
+    append_rows(board, [make_row(submission=n, system=n, kind="system", status="ok", macro_acc=a, compliant=True)
                         for n, a in (("honest", 0.41), ("other", 0.38), ("gone", 0.30))])
     table = pq.read_table(board)
     records = [r for r in table.to_pylist() if r["submission"] != "gone"]

@@ -138,6 +138,11 @@ def test_the_report_works_in_a_browser(report, board, browser):
     headers["#"].click()  # descending: unranked rows still last
     assert column(0) == ["3", "2", "1", "—", "—", "—", "—"]
 
+    browser.find_element(By.XPATH, "//table[contains(@class, 'shift')]//th[4]").click()  # negative numbers
+    gaps = browser.execute_script("return Array.from(document.querySelectorAll('table.shift tbody tr'), "
+                                  "r => parseFloat(r.cells[3].textContent));")
+    assert len(gaps) == 3 and gaps == sorted(gaps)  # the three aggregates; the single rows report no devices
+
     images = browser.execute_script(
         "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.src.slice(0, 22)]);")
     assert len(images) == 4  # Pareto, device bars, known/unseen scatter, device gaps
@@ -171,3 +176,11 @@ def test_a_missing_board_or_row_is_one_line_and_exit_1(board, tmp_path):
     unknown = runner.invoke(app, ["report", str(board), "--out", str(tmp_path / "r"), "--rows", "nobody"])
     assert unknown.exit_code == 1 and "no scored row with id or submission 'nobody'" in unknown.output
     assert len(unknown.output.strip().splitlines()) == 1
+
+
+def test_a_screenshot_without_chromium_says_what_to_install(board, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no browser on it
+    result = runner.invoke(app, ["report", str(board), "--out", str(tmp_path / "r"), "--top", "0",
+                                 "--screenshot", str(tmp_path / "shot.png")])
+    assert result.exit_code == 1 and (tmp_path / "r" / "index.html").is_file()
+    assert "apt-get install chromium" in result.output.strip().splitlines()[-1]

@@ -215,3 +215,18 @@ def test_claims_are_re_tested_from_a_file_and_typos_refused(tmp_path, monkeypatc
     claims.write_text('[[claim]]\nname = "x"\na = "strong"\nb = "weak"\nmetrc = "acc_unseen"\n')
     typo = runner.invoke(app, ["claims", str(claims), "--board", str(board)])
     assert typo.exit_code == 1 and "metrc" in typo.output and "metric" in typo.output
+
+
+def test_seeds_scored_separately_are_aggregated_once(tmp_path):
+    d = design()
+    rng = np.random.default_rng(6)
+    board = tmp_path / "b.parquet"
+    first = seed_rows([rng.random(len(d[0])) < p for p in (0.5, 0.55)], d, submission="sep")
+    append_rows(board, first)
+    append_rows(board, seed_rows([rng.random(len(d[0])) < 0.6 for _ in range(3)], d, submission="sep")[2:])
+    result = runner.invoke(app, ["aggregate", str(board), "--n-boot", "200"])
+    assert result.exit_code == 0, result.output
+    assert "sep: seeds 0,1,2" in result.output and "appended 1 aggregate" in result.output
+    rows = read_board(board)
+    assert rows.iloc[-1]["n_seeds"] == 3
+    assert "appended 0 aggregate" in runner.invoke(app, ["aggregate", str(board)]).output

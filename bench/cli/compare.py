@@ -99,3 +99,32 @@ def claims(
             table.add_row(r["name"], f"{100 * r['diff']:+.2f}", f"[{100 * r['ci'][0]:+.2f}, {100 * r['ci'][1]:+.2f}]",
                           f"{r['p_value']:.3f}", r["verdict"], r["paper"])
         out.print(table)
+
+
+@app.command("aggregate")
+def aggregate(
+    board: Annotated[str, typer.Argument(help="board NAME or .parquet path")] = "local",
+    n_boot: Annotated[int, typer.Option(help="bootstrap resamples")] = 1000,
+) -> None:
+    """Append a seed aggregate for every submission scored with several seeds that has none yet (seeds run
+    separately, e.g. in parallel or on several machines); the latest row of each seed is used."""
+    from bench.score.leaderboard import append_rows, read_board
+    from bench.score.seeds import AggregateError, aggregate_rows, missing_aggregates
+
+    path = board_path(board, reading=True)
+    try:
+        groups = missing_aggregates(read_board(path))
+    except (BoardError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    rows = []
+    for name, members in groups:
+        try:
+            rows.append(aggregate_rows(members, n_boot=n_boot))
+            out.print(f"{name}: seeds {rows[-1]['seeds']}, macro accuracy {100 * rows[-1]['macro_acc']:.2f} ± "
+                      f"{100 * rows[-1]['macro_acc_seed_std']:.2f}")
+        except AggregateError as exc:
+            err.print(f"[yellow]{name}:[/] {exc}")
+    if rows:
+        append_rows(path, rows)
+    out.print(f"appended {len(rows)} aggregate row(s) to {path}")

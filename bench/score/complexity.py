@@ -40,9 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.errors import ComplexityError
-
-MAX_MACS = 30_000_000
-MAX_PARAM_BYTES = 128_000
+from bench.score.limits import MAX_MACS, MAX_PARAM_BYTES  # noqa: F401  (re-exported: the limits live there)
 
 # torchinfo counts BatchNorm (2*C per layer) and conv biases, which the dispatcher ignores, so honest models sit a
 # little *above* the dispatcher count. A dispatcher count above torchinfo x (1 + 5 %) + slack means hidden compute.

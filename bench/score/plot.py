@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
-from bench.score.complexity import MAX_MACS, MAX_PARAM_BYTES
+from bench.score.limits import MAX_MACS, MAX_PARAM_BYTES
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from bench.score.leaderboard import make_row
 from bench.score.metrics import Resampler, aggregate_seeds, percentile_interval
@@ -95,3 +96,22 @@ def _interval_columns(members: Sequence[ClipPredictions], n_boot: int, seed: int
     return {"macro_acc_ci_low": low, "macro_acc_ci_high": high, "intervals": intervals,
             "ci_method": f"{resampler.method}, seed mean on each resample",
             "clip_predictions": ensemble.to_bytes(), "confusion": ensemble.confusion().tolist()}
+
+
+def missing_aggregates(df) -> list[tuple[str, list[dict]]]:
+    """Groups of single-seed rows (one run identity, the latest row of each seed, at least two seeds) that no
+    aggregate row on the board covers yet."""
+    from bench.score.leaderboard import RUN_IDENTITY
+
+    single = df[(df["status"] == "ok") & (df["n_seeds"].fillna(1) == 1) & df["seed"].notna()]
+    covered = {frozenset(json.loads(r)) for r in df["seed_rows"].dropna()}
+    out = []
+    for key, group in single.sort_values("finished_at").groupby(list(RUN_IDENTITY), dropna=False):
+        latest = group.groupby("seed").tail(1).sort_values("seed")
+        if len(latest) >= 2 and frozenset(latest["row_id"]) not in covered:
+            name = f"{key[1]}@{key[2]}" if isinstance(key[2], str) else key[1]
+            records = [{k: None if v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v) else v
+                        for k, v in r.items()}
+                       for r in latest.to_dict("records")]
+            out.append((name, records))
+    return out
