@@ -195,7 +195,7 @@ def test_fixture_package_scores_end_to_end_like_in_process(packages, eval_set, s
 
 BROKEN = {  # module -> (timeout s, what the one-line reason must say)
     "Broken_task1_1": (120, "import: raised RuntimeError: this module is broken on purpose"),
-    "Broken_task1_2": (15, "timeout after 15 s"),
+    "Broken_task1_2": (8, "timeout after 8 s"),
     "Broken_task1_3": (120, "NaN or infinite logits on device(s) ['s2']"),
     "Broken_task1_4": (120, "unknown: ['underground'], missing: ['metro']"),
     "Fragile_task1_1": (120, "missing dependency: the package imports 'ascbench_fixture_missing_dependency', "

@@ -14,7 +14,7 @@ from bench.score.compare import ComparisonError, compare
 from bench.score.leaderboard import (append_rows, collapse_reruns, comparable, make_row, rank_board, read_board,
                                      row_predictions, select_row)
 from bench.score.metrics import score_predictions
-from bench.score.predictions import ClipPredictions
+from bench.score.predictions import ClipPredictions, PredictionsError
 from bench.score.seeds import AggregateError, aggregate_rows
 
 runner = CliRunner()
@@ -91,6 +91,8 @@ def test_predictions_round_trip_compactly():
     assert np.array_equal(q.pred, p.pred) and np.array_equal(q.labels, labels) and q.digest == p.digest
     assert list(q.locations) == list(locations) and q.device_roles["s4"] == "unseen" and q.classes == tuple(CLASSES)
     assert q.confusion("a").sum() == (devices == "a").sum()
+    with pytest.raises(PredictionsError, match="re-score the row"):
+        ClipPredictions.from_bytes(b"not an npz")
 
 
 def test_a_real_difference_is_shown_and_noise_is_not():

@@ -502,7 +502,7 @@ def select_row(df: pd.DataFrame, ref: str) -> pd.Series:
 
 def row_predictions(df: pd.DataFrame, row: pd.Series) -> list:
     """The per-clip predictions of ``row``: one per seed (an aggregate's member rows), or the row's own."""
-    from bench.score.predictions import ClipPredictions
+    from bench.score.predictions import ClipPredictions, PredictionsError
 
     label = f"row {row['row_id'][:12]} ({row['submission']})"
     n_seeds = row.get("n_seeds")
@@ -518,4 +518,7 @@ def row_predictions(df: pd.DataFrame, row: pd.Series) -> list:
     if any(b is None or (isinstance(b, float) and pd.isna(b)) for b in blobs):
         raise BoardError(f"{label} has no per-clip predictions (scored before ascbench kept them); re-score it "
                          "(`bench score --submission RUN_DIR`) to compare it")
-    return [ClipPredictions.from_bytes(b) for b in blobs]
+    try:
+        return [ClipPredictions.from_bytes(b) for b in blobs]
+    except PredictionsError as exc:
+        raise BoardError(f"{label}: {exc}") from None

@@ -21,6 +21,10 @@ import numpy as np
 from bench.score.metrics import log_softmax
 
 
+class PredictionsError(ValueError):
+    """Stored predictions that cannot be read (damaged, or written by an older development version)."""
+
+
 def clips_digest(filenames: Sequence[str]) -> str:
     """SHA-256 of the scored clips' file names, in scoring order."""
     return hashlib.sha256("\n".join(map(str, filenames)).encode()).hexdigest()
@@ -78,6 +82,13 @@ class ClipPredictions:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> "ClipPredictions":
+        try:
+            return cls._from_npz(blob)
+        except (KeyError, ValueError, OSError, EOFError) as exc:
+            raise PredictionsError(f"per-clip predictions cannot be read ({exc}); re-score the row") from None
+
+    @classmethod
+    def _from_npz(cls, blob: bytes) -> "ClipPredictions":
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             return cls(z["labels"].astype(np.int64), z["pred"].astype(np.int64), z["log_probs"].astype(np.float64),
                        z["device_names"][z["device_idx"]], z["location_names"][z["location_idx"]],

@@ -18,7 +18,7 @@ import pandas as pd
 
 from bench.score.leaderboard import make_row
 from bench.score.metrics import Resampler, aggregate_seeds, percentile_interval
-from bench.score.predictions import ClipPredictions
+from bench.score.predictions import ClipPredictions, PredictionsError
 
 MEAN_COLUMNS = ("macro_acc", "overall_acc", "log_loss", "acc_known", "acc_unseen", "acc_real", "acc_seen",
                 "int8_macro_acc", "energy_j_per_clip", "clips_per_s", "wall_s_train", "wall_s_score")
@@ -55,7 +55,10 @@ def aggregate_rows(rows: Sequence[Mapping[str, Any]], n_boot: int = 1000, seed: 
     seeds = [int(r["seed"]) for r in rows]
     if len(set(seeds)) < len(seeds):
         raise AggregateError(f"seeds repeat ({seeds}): aggregate distinct seeds")
-    members = [ClipPredictions.from_bytes(r["clip_predictions"]) for r in rows if r.get("clip_predictions")]
+    try:
+        members = [ClipPredictions.from_bytes(r["clip_predictions"]) for r in rows if r.get("clip_predictions")]
+    except PredictionsError as exc:
+        raise AggregateError(str(exc)) from None
     stats = aggregate_seeds([{k: r[k] for k in MEAN_COLUMNS if isinstance(r.get(k), (int, float))} for r in rows])
     out: dict[str, Any] = {k: first.get(k) for k in SAME_COLUMNS}
     out.update({k: stats[f"{k}_mean"] for k in MEAN_COLUMNS if f"{k}_mean" in stats})
