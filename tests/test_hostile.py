@@ -298,8 +298,8 @@ def test_without_bubblewrap_untrusted_code_is_refused_unless_asked(hostile, smok
     refused = score(root, "Sneaky_task1:2", smoke_dataset, tmp_path / "b.parquet", env=env)
     assert refused.returncode == 1 and "bubblewrap (bwrap) is not installed" in refused.stderr
     assert not (tmp_path / "b.parquet").exists()
-    allowed = score(root, "Sneaky_task1:2", smoke_dataset, tmp_path / "b.parquet", "--no-sandbox", env=env)
-    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    allowed = score(root, "Sneaky_task1:2", smoke_dataset, tmp_path / "b.parquet", "--no-sandbox")  # needs no bwrap
+    assert allowed.exit_code == 0, allowed.output
     assert read_board(tmp_path / "b.parquet").iloc[0]["isolation"].startswith("none (--no-sandbox)")
 
 

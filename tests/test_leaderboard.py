@@ -372,6 +372,8 @@ def test_pareto_front_runs_over_compliant_submissions_and_labels_never_collide(t
     for ax in (ax_macs, ax_size):
         boxes = [t.get_window_extent(renderer) for t in ax.texts]
         limit = next(line for line in ax.lines if line.get_gid() == "limit").get_window_extent(renderer)
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert not any(box.overlaps(legend) for box in boxes)
         for i, box in enumerate(boxes):
             assert not any(box.overlaps(other) for other in boxes[i + 1:])
             label_of_limit = ax.texts[i].get_text().endswith("limit")

@@ -146,7 +146,7 @@ def run_tiny(system, smoke_dataset, board, **kw):
 
 # --- the baseline, end to end ------------------------------------------------------------------------------------
 
-def test_baseline_smoke_run_then_cached_rerun(tmp_path, smoke_dataset):
+def test_baseline_smoke_run(tmp_path, smoke_dataset):
     board = tmp_path / "board.parquet"
     args = ["run", "systems/baseline", "--profile", "smoke", "--board", str(board), "--no-progress",
             "--data", str(smoke_dataset), "--no-energy"]  # energy is measured in test_dsflexinet
@@ -162,13 +162,6 @@ def test_baseline_smoke_run_then_cached_rerun(tmp_path, smoke_dataset):
     assert set(json.loads(row["acc_per_device"])) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"}
     per_device = json.loads(row["complexity_per_device"])
     assert set(per_device) >= {"a", "s1", "s10"}
-
-    second = runner.invoke(app, [*args, "--no-int8"])
-    assert second.exit_code == 0, second.output
-    assert second.output.count("cached") == 2
-    again = read_board(board)
-    assert len(again) == 4
-    assert again.iloc[2]["macro_acc"] == row["macro_acc"]
 
     sub = load_submission(Path(rows.iloc[0]["run_dir"]) / "submission")
     assert set(sub.deployments) == {"unknown", "a", "b", "c", "s1", "s2", "s3"}

@@ -232,3 +232,13 @@ def test_seeds_scored_separately_are_aggregated_once(tmp_path):
     rows = read_board(board)
     assert rows.iloc[-1]["n_seeds"] == 3
     assert "appended 0 aggregate" in runner.invoke(app, ["aggregate", str(board)]).output
+
+
+def test_the_documented_claims_are_what_the_reference_board_gives():
+    """docs/results.md's claims table is the output of `bench claims docs/claims.toml --board main`, digit for
+    digit: the documented verdicts cannot drift from the board."""
+    from bench.paths import REPO_ROOT, board_path
+    from bench.score.claims import evaluate_claims, load_claims, markdown
+
+    results = evaluate_claims(load_claims(REPO_ROOT / "docs" / "claims.toml"), board_path("main", reading=True))
+    assert markdown(results) in (REPO_ROOT / "docs" / "results.md").read_text()

@@ -106,10 +106,12 @@ _OFFSETS = [(5, 3, "left", "bottom"), (5, -3, "left", "top"), (-5, 3, "right", "
 
 def place_labels(ax: Axes, wanted: list[tuple[float, float, str, float]]) -> int:
     """Annotate each wanted point at the first offset whose box stays inside the axes and clear of the labels
-    already placed, every marker and the limit line and its text. Returns how many found no place."""
+    already placed, every marker, the legend and the limit line and its text. Returns how many found no place."""
     renderer = ax.figure.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     taken = [t.get_window_extent(renderer) for t in ax.texts]  # the limit's text
+    if ax.get_legend() is not None:
+        taken.append(ax.get_legend().get_window_extent(renderer))
     taken += [line.get_window_extent(renderer).padded(2) for line in ax.lines if line.get_gid() == "limit"]
     for collection in ax.collections:
         for px, py in collection.get_offset_transform().transform(collection.get_offsets()):
