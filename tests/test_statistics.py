@@ -13,7 +13,7 @@ from bench.cli import app
 from bench.score.compare import ComparisonError, compare
 from bench.score.leaderboard import (append_rows, collapse_reruns, comparable, make_row, rank_board, read_board,
                                      row_predictions, select_row)
-from bench.score.metrics import score_predictions
+from bench.score.metrics import macro_accuracy, score_predictions
 from bench.score.predictions import ClipPredictions, PredictionsError
 from bench.score.seeds import AggregateError, aggregate_rows
 
@@ -126,7 +126,7 @@ def seed_rows(correct_by_seed, d, **identity):
     rows = []
     for seed, correct in enumerate(correct_by_seed):
         p = predictions(correct, seed, d)
-        macro = float(np.mean([p.correct[p.labels == k].mean() for k in range(10)]))
+        macro = macro_accuracy(p.labels, p.correct, 10)
         rows.append(make_row(submission=identity.get("submission", "sys"), system="sys", kind="system",
                              status="ok", seed=seed, profile="default", dataset="synth", dataset_fingerprint="fp1",
                              split="test", macro_acc=macro, overall_acc=float(p.correct.mean()), compliant=True,
@@ -134,6 +134,13 @@ def seed_rows(correct_by_seed, d, **identity):
                              clips_digest=p.digest, clip_predictions=p.to_bytes(),
                              **{k: v for k, v in identity.items() if k != "submission"}))
     return rows
+
+
+def strong_and_weak(d, seed: int) -> tuple[list[dict], list[dict]]:
+    """Three seeds each of a strong (70 % of clips right) and a weak (45 %) submission."""
+    rng = np.random.default_rng(seed)
+    return tuple(seed_rows([rng.random(len(d[0])) < p for _ in range(3)], d, submission=name)
+                 for name, p in (("strong", 0.7), ("weak", 0.45)))
 
 
 def test_seed_aggregate_is_the_mean_with_an_interval_around_it():
@@ -158,10 +165,8 @@ def test_seed_aggregate_is_the_mean_with_an_interval_around_it():
 def test_the_board_ranks_like_with_like_and_compares_aggregates(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     d = design()
-    rng = np.random.default_rng(4)
-    strong = seed_rows([rng.random(len(d[0])) < 0.7 for _ in range(3)], d, submission="strong")
-    weak = seed_rows([rng.random(len(d[0])) < 0.45 for _ in range(3)], d, submission="weak")
-    rerun = seed_rows([rng.random(len(d[0])) < 0.45], d, submission="weak")  # seed 0 again: a re-run
+    strong, weak = strong_and_weak(d, 4)
+    rerun = seed_rows([np.random.default_rng(40).random(len(d[0])) < 0.45], d, submission="weak")  # seed 0 again: a re-run
     big = make_row(submission="huge", system="huge", kind="ablation", status="ok", macro_acc=0.9, compliant=False,
                    compliance_reasons="parameter memory 500,000 B > 128,000 B", dataset_fingerprint="fp1",
                    split="test", dataset="synth", profile="default")
@@ -198,10 +203,7 @@ def test_the_board_ranks_like_with_like_and_compares_aggregates(tmp_path, monkey
 
 def test_claims_are_re_tested_from_a_file_and_typos_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    d = design()
-    rng = np.random.default_rng(5)
-    strong = seed_rows([rng.random(len(d[0])) < 0.7 for _ in range(3)], d, submission="strong")
-    weak = seed_rows([rng.random(len(d[0])) < 0.45 for _ in range(3)], d, submission="weak")
+    strong, weak = strong_and_weak(design(), 5)
     board = tmp_path / "b.parquet"
     append_rows(board, [*strong, *weak, aggregate_rows(strong, n_boot=200), aggregate_rows(weak, n_boot=200)])
     claims = tmp_path / "claims.toml"
@@ -214,6 +216,8 @@ def test_claims_are_re_tested_from_a_file_and_typos_refused(tmp_path, monkeypatc
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 4 and "| strong beats weak |" in lines[2] and "**shown**" in lines[2]
     assert "3 vs 3 seeds" in lines[2] and "the opposite is shown" in lines[3]
+    wrong = runner.invoke(app, ["claims", str(claims), "--board", str(board), "--format", "markdwon"])
+    assert wrong.exit_code != 0 and "markdwon" in wrong.output
     claims.write_text('[[claim]]\nname = "x"\na = "strong"\nb = "weak"\nmetrc = "acc_unseen"\n')
     typo = runner.invoke(app, ["claims", str(claims), "--board", str(board)])
     assert typo.exit_code == 1 and "metrc" in typo.output and "metric" in typo.output

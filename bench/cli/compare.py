@@ -81,6 +81,8 @@ def claims(
     """Test each claim of FILE ("A beats B") with a paired comparison; prints shown / not shown with the numbers."""
     from bench.score.claims import ClaimsError, evaluate_claims, load_claims, markdown
 
+    if fmt not in ("table", "markdown", "json"):
+        raise typer.BadParameter(f"--format is table, markdown or json, not {fmt!r}")
     try:
         wanted = load_claims(file)
         results = evaluate_claims(wanted, board_path(board, reading=True), n_boot=n_boot)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from bench.score.metrics import Resampler, percentile_interval
+from bench.score.metrics import Resampler, macro_accuracy, percentile_interval
 from bench.score.predictions import ClipPredictions
 
 METRICS = ("macro_acc", "acc_real", "acc_seen", "acc_unseen", "acc_known")
@@ -69,8 +69,7 @@ def _replicates(resampler: Resampler, p: ClipPredictions, metric: str, masks: di
 
 def _point(p: ClipPredictions, metric: str, masks: dict[str, np.ndarray]) -> float:
     if metric == "macro_acc":
-        per_class = [p.correct[p.labels == k].mean() for k in range(len(p.classes)) if (p.labels == k).any()]
-        return float(np.mean(per_class))
+        return macro_accuracy(p.labels, p.correct, len(p.classes))
     keep = masks[metric]
     return float(p.correct[keep].mean()) if keep.any() else float("nan")
 

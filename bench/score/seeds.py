@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bench.score.leaderboard import make_row
-from bench.score.metrics import Resampler, aggregate_seeds, percentile_interval
+from bench.score.metrics import Resampler, aggregate_seeds, macro_accuracy, percentile_interval
 from bench.score.predictions import ClipPredictions, PredictionsError
 
 MEAN_COLUMNS = ("macro_acc", "overall_acc", "log_loss", "acc_known", "acc_unseen", "acc_real", "acc_seen",
@@ -87,8 +87,7 @@ def _interval_columns(members: Sequence[ClipPredictions], n_boot: int, seed: int
     mean_acc = np.mean([resampler.accuracy(m.labels, m.correct, n_classes) for m in members], axis=0)
     ensemble = ClipPredictions.average(members)
     ens_macro = resampler.macro(ensemble.labels, ensemble.correct, n_classes)
-    ens_value = float(np.nanmean([ensemble.correct[ensemble.labels == k].mean()
-                                  for k in range(n_classes) if (ensemble.labels == k).any()]))
+    ens_value = macro_accuracy(ensemble.labels, ensemble.correct, n_classes)
     low, high = percentile_interval(mean_macro, level)
     intervals = {"macro_acc": [low, high], "acc": percentile_interval(mean_acc, level),
                  "ensemble_macro_acc": [ens_value, *percentile_interval(ens_macro, level)]}
