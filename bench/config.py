@@ -25,7 +25,8 @@ class ConfigError(ValueError):
 class Key:
     """One declared key. ``type`` is a Python type or a tuple of them (``float`` accepts ints, ``int`` refuses
     bools and floats); ``choices`` restricts string values; ``table`` validates each entry of a list of tables
-    (``teachers``) or each value of a table of tables (``per_device``, with ``mapping=True``)."""
+    (``teachers``), each value of a table of tables (``per_device``, with ``mapping=True``) or one nested table
+    (a ``dict`` key without ``mapping``)."""
 
     type: type | tuple[type, ...]
     default: Any = None
@@ -128,6 +129,9 @@ def check_value(where: str, table: str, key: str, spec: Key, value: Any) -> None
                           + (f"; did you mean {nearest(value, spec.choices)!r}?" if nearest(value, spec.choices)
                              else ""))
     if spec.table is None:
+        return
+    if isinstance(value, dict) and not spec.mapping:  # one nested table (a teacher's ``pretrain``)
+        check_table(where, f"{table}.{key}" if table else key, value, spec.table)
         return
     entries = value.items() if spec.mapping else enumerate(value)
     for name, entry in entries:

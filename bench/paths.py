@@ -39,9 +39,14 @@ def data_home() -> Path:
     return base / "ascbench"
 
 
+def corpus_dir(corpus: str, profile: str, seed: int) -> Path:
+    """Default location of a generated corpus (``synth`` scenes, ``events``): ``<corpus>-<profile>-seed<seed>``."""
+    return data_home() / "datasets" / f"{corpus}-{profile}-seed{seed}"
+
+
 def synth_dir(profile: str, seed: int) -> Path:
     """Default location of a generated synthetic dataset."""
-    return data_home() / "datasets" / f"synth-{profile}-seed{seed}"
+    return corpus_dir("synth", profile, seed)
 
 
 def runs_dir() -> Path:

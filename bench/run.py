@@ -30,7 +30,8 @@ from bench.score.seeds import AggregateError, aggregate_rows
 from bench.score.scorer import InputCache, ScoreOptions, ScoreResult, score_submission, unreadable_note
 from bench.submission import ModelSubmission, Submission, SubmissionError, save_submission
 from bench.system import RUN, SystemSpec, check_system, load_system
-from bench.train.stages import RunEnv, StageContext, StageData, StageError, StageOutcome, run_stage
+from bench.train.stages import (RunEnv, StageContext, StageData, StageError, StageOutcome, budget_columns,
+                                external_data, run_stage)
 
 
 IN_PROCESS = "in-process: trained by this run"
@@ -97,7 +98,7 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     run_data = stage_data(store, manifest, split, val_fraction)
 
     def external(arg: str) -> StageData:
-        other = resolve(arg).store
+        other = resolve(arg, profile).store  # "events": the embedded pre-training corpus of the profile
         other_manifest = load_manifest(other.info["manifest"])
         return stage_data(other, other_manifest, other_manifest.train_split, val_fraction)
 
@@ -146,6 +147,8 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     cache = InputCache()
     stages_column = {s["stage"]: {k: v for k, v in s.items() if k != "stage"} for s in result.stages}
     notes += [n for outcome in outcomes.values() for n in outcome.notes]
+    budget = [item for outcome in outcomes.values() for item in outcome.budget]
+    _copy_reports(outcomes, run_dir)
     for key, (sub, kind) in submissions.items():
         start = time.perf_counter()
         # teachers show the ceiling: accuracy and complexity only (they are not deployed, so no INT8 or energy)
@@ -154,7 +157,9 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
                         kind=kind, seed=seed, profile=profile, dataset=manifest.name,
                         dataset_fingerprint=store.fingerprint, train_split=split, config_hash=chash,
                         notes="; ".join(notes) or None, started_at=started, wall_s_train=train_wall,
-                        run_dir=str(run_dir), stages=stages_column, isolation=IN_PROCESS)
+                        run_dir=str(run_dir), stages=stages_column, isolation=IN_PROCESS,
+                        external_data=external_data(budget, store.fingerprint), **budget_columns(budget))
+        identity.update(sub.row_fields)  # e.g. a teacher's own budget and gate verdict
         try:
             scored = score_submission(sub, store, manifest, manifest.test_split, run_data.val.frame, opts, cache=cache)
         except SubmissionError as exc:  # a failed row, and the other submissions are still scored
@@ -211,7 +216,16 @@ def _stage_record(stage: str, outcome: StageOutcome) -> dict[str, Any]:
     info = outcome.entry.info or {}
     return {"stage": stage, "key": outcome.key, "reused": outcome.reused, "wall_s": outcome.wall_s,
             "trained_by": info.get("trained_by"), "cache_dir": str(outcome.entry.dir),
-            "reasons": outcome.reasons, "notes": outcome.notes}
+            "reasons": outcome.reasons, "notes": outcome.notes,
+            "budget": {**budget_columns(outcome.budget), "fits": outcome.budget}}
+
+
+def _copy_reports(outcomes: dict[str, StageOutcome], run_dir: Path) -> None:
+    """Each stage's reports (e.g. the fitted teacher fusion), cached or not, into ``<run>/reports/``."""
+    for stage, outcome in outcomes.items():
+        for report in sorted((outcome.entry.dir / "reports").glob("*.json")):
+            (run_dir / "reports").mkdir(exist_ok=True)
+            (run_dir / "reports" / f"{stage}-{report.name}").write_bytes(report.read_bytes())
 
 
 def _who(outcome: StageOutcome) -> str:

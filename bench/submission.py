@@ -49,6 +49,7 @@ class Submission:
     class_order: list[str]
     sample_rate: int = SAMPLE_RATE
     notes: list[str] = []
+    row_fields: dict = {}  # leaderboard columns the producer knows and the scorer cannot measure (a teacher's gate)
 
     def load_inputs(self, waves: torch.Tensor, device_ids: Sequence[str]) -> torch.Tensor | list[torch.Tensor]:
         """Model-ready inputs ``[B, ...]`` for 32 kHz waveforms ``[B, T]`` (a list of per-clip tensors when device

@@ -24,6 +24,7 @@ from bench.data.splits import carve_validation
 from bench.data.store import Store, StoreError, prepare
 from bench.data.synth.generate import expected_counts
 from bench.data.tau import DatasetError, open_dataset
+from bench.paths import MANIFEST_DIR
 
 runner = CliRunner()
 CLASSES = load_manifest("tau22-dev").classes
@@ -114,6 +115,21 @@ def test_same_seed_gives_identical_files_via_cli(smoke_dataset, tmp_path):
     assert tree_hash(out) == tree_hash(smoke_dataset)
     result = runner.invoke(app, ["data", "check", str(out)])
     assert result.exit_code == 0 and "clean" in result.output
+
+
+def test_a_fresh_test_draw_redraws_the_test_split_and_keeps_training_byte_identical(smoke_dataset, tmp_path):
+    from bench.data.synth.generate import generate
+
+    manifest = json.loads((MANIFEST_DIR / "synth-smoke.json").read_text())
+    manifest["generator"]["test_draw"] = 1
+    path = tmp_path / "synth-smoke-draw1.json"
+    path.write_text(json.dumps({**manifest, "name": "synth-smoke-draw1"}))
+    out = generate(str(path), 0, tmp_path / "draw1", workers=1)
+    digest = lambda root, name: hashlib.sha256((root / name).read_bytes()).hexdigest()  # noqa: E731
+    meta = pd.read_csv(smoke_dataset / "meta.csv", sep="\t")
+    train = set(pd.read_csv(smoke_dataset / "split25.csv", sep="\t")["filename"])
+    assert all(digest(out, f) == digest(smoke_dataset, f) for f in train)
+    assert all(digest(out, f) != digest(smoke_dataset, f) for f in set(meta["filename"]) - train)
 
 
 def test_scenes_differ_and_devices_shift_the_spectrum(smoke_dataset):

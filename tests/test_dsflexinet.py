@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from bench.paths import SYSTEMS_DIR, data_home
@@ -22,6 +23,11 @@ def test_dsflexinet_smoke_end_to_end_and_teacher_cache_shared(tmp_path, smoke_da
     teachers = rows[rows["kind"] == "teacher"]
     assert len(teachers) == 2 and teachers["is_teacher"].all() and not teachers["compliant"].any()
     assert first.results[""].extra.get("energy") is not None
+    # the CP-ResNet teacher is pre-trained on the event corpus: every row declares it as external data
+    assert json.loads(main["external_data"])[0]["dataset"] == "events-smoke"
+    stages = json.loads(main["stages"])
+    assert main["train_samples"] == sum(stages[s]["budget"]["train_samples"] for s in ("teachers", "distill", "qat"))
+    assert 0 <= main["val_macro_acc"] <= 1 and set(teachers["teacher_gate"]) == {"pass"}
 
     # A second system asking for the same teachers trains none of them.
     teacher_cache = data_home() / "cache" / "teachers"

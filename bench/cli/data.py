@@ -14,7 +14,7 @@ from bench.cli.app import data_app
 from bench.cli.output import err, json_mode, out, print_json
 from bench.data.manifest import ManifestError
 from bench.errors import DatasetError, StoreError
-from bench.paths import synth_dir
+from bench.paths import corpus_dir, synth_dir
 
 MAX_LISTED = 200
 
@@ -24,37 +24,64 @@ def progress_bar() -> Progress:
                     console=err.get(), transient=True)
 
 
+CORPORA = ("scenes", "events")
+
+
+def _clip_count(folder: Path) -> int:
+    """Rows of the written meta.csv (both corpora have one): what was actually generated."""
+    with open(folder / "meta.csv", "rb") as f:
+        return sum(1 for _ in f) - 1
+
+
 @data_app.command("synth")
-def synth(profile: str = typer.Option("default", help="smoke (<= 300 clips, for tests) or default"),
+def synth(profile: str = typer.Option("default", help="smoke (tiny, for tests) or default"),
+          corpus: str = typer.Option("scenes", help="scenes: the device-shift benchmark (TAU 2022 layout); events: "
+                                                    "the multi-label sound-event pre-training corpus"),
           seed: int = typer.Option(0, help="same seed -> byte-identical files"),
           out_dir: Optional[Path] = typer.Option(None, "--out", help="output folder (default: under $ASCBENCH_HOME)"),
           force: bool = typer.Option(False, help="regenerate even if a complete copy exists"),
           as_json: bool = typer.Option(False, "--json", help="print what was written as JSON")) -> None:
-    """Generate the embedded synthetic device-shift benchmark in the TAU 2022 development layout."""
+    """Generate an embedded corpus: the synthetic device-shift benchmark in the TAU 2022 development layout
+    (``--corpus scenes``) or the multi-label sound-event corpus for pre-training (``--corpus events``)."""
+    from bench.data.manifest import load_manifest
+    from bench.data.synth import events
     from bench.data.synth.generate import generate, is_complete
 
-    folder = out_dir or synth_dir(profile, seed)
-    name = f"synth-{profile}"
-    report = {"dataset": name, "seed": seed, "folder": str(folder)}
-    if not force and is_complete(folder, name, seed):
+    if corpus not in CORPORA:
+        err.print(f"[red]error:[/] unknown corpus {corpus!r}; choose one of: {', '.join(CORPORA)}")
+        raise typer.Exit(2)
+    if corpus == "events":
+        name, folder, run, complete = (f"events-{profile}", out_dir or corpus_dir("events", profile, seed),
+                                       events.generate_events, events.is_complete)
+    else:
+        name, folder, run, complete = f"synth-{profile}", out_dir or synth_dir(profile, seed), generate, is_complete
+    try:
+        load_manifest(name)
+    except ManifestError as exc:
+        err.print(f"[red]error:[/] no profile {profile!r} for the {corpus} corpus: {exc}")
+        raise typer.Exit(2)
+    report = {"corpus": corpus, "dataset": name, "seed": seed, "folder": str(folder)}
+    if not force and complete(folder, name, seed):
         if as_json:
-            print_json({**report, "generated": False})
+            print_json({**report, "generated": False, "clips": _clip_count(folder)})
         else:
-            out.print(f"{folder}: already generated ({name}, seed {seed}); use --force to regenerate")
+            out.print(f"{folder}: already generated ({name}, seed {seed}, {_clip_count(folder)} clips); use --force "
+                      "to regenerate")
         return
     start = time.perf_counter()
     try:
         with progress_bar() as bar:
-            task = bar.add_task(f"synth {profile}", total=None)
-            generate(name, seed, folder, progress=lambda i, n: bar.update(task, completed=i, total=n))
+            task = bar.add_task(f"{corpus} {profile}", total=None)
+            run(name, seed, folder, progress=lambda i, n: bar.update(task, completed=i, total=n))
     except Exception as exc:  # the manifest or the output folder is the usual culprit
         err.print(f"[red]error:[/] could not generate {name} into {folder}: {exc}")
         raise typer.Exit(1)
     seconds = time.perf_counter() - start
+    clips = _clip_count(folder)
     if as_json:
-        print_json({**report, "generated": True, "seconds": seconds})
+        print_json({**report, "generated": True, "clips": clips, "seconds": seconds})
     else:
-        out.print(f"wrote {name} (seed {seed}) to {folder} in {seconds:.1f} s")
+        out.print(f"wrote {name} (seed {seed}): {clips} clips to {folder} in {seconds:.1f} s")
 
 
 @data_app.command("check")

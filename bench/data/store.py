@@ -308,6 +308,17 @@ class Store:
     def dataset_name(self) -> str:
         return self.info["dataset"]
 
+    @property
+    def generator_seed(self) -> int | None:
+        """The seed a generated dataset (``bench data synth``) was drawn with, from its marker file; else None."""
+        from bench.data.tau import MARKER
+
+        marker = Path(self.info["source"]) / MARKER
+        try:
+            return json.loads(marker.read_text()).get("seed")
+        except (OSError, ValueError):
+            return None
+
     def split(self, name: str, include_failed: bool = False) -> pd.DataFrame:
         col = f"in_{name}"
         if col not in self.index.columns:

@@ -27,21 +27,23 @@ import pyarrow.parquet as pq
 from bench import provenance
 from bench.errors import BoardError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 VERSION_KEY = b"ascbench.schema_version"
 
 KINDS = ("system", "teacher", "package", "ablation")
 STATUSES = ("ok", "failed")
 DEPLOY_DTYPES = ("float16", "float32", "int8", "mixed")
 ENERGY_METHODS = ("rapl", "cpu-load-estimate")
-ENUMS = {"kind": KINDS, "status": STATUSES, "deploy_dtype": DEPLOY_DTYPES, "energy_method": ENERGY_METHODS}
+TEACHER_GATES = ("pass", "flagged", "excluded")
+ENUMS = {"kind": KINDS, "status": STATUSES, "deploy_dtype": DEPLOY_DTYPES, "energy_method": ENERGY_METHODS,
+         "teacher_gate": TEACHER_GATES}
 
 REQUIRED = frozenset({"submission", "system", "kind", "status"})
 FRACTIONS = ("macro_acc", "macro_acc_ci_low", "macro_acc_ci_high", "overall_acc", "acc_known", "acc_unseen",
-             "acc_real", "acc_seen", "int8_macro_acc")
+             "acc_real", "acc_seen", "int8_macro_acc", "val_macro_acc")
 # stored as JSON text: portable to CSV/pandas/any Parquet reader, unlike map types that pandas turns into tuples
 JSON_COLUMNS = ("acc_per_device", "acc_per_class", "confusion", "complexity_per_device", "counters", "stages",
-                "intervals", "seed_rows")
+                "intervals", "seed_rows", "external_data")
 
 _STR, _F64, _I64, _BOOL, _BIN = pa.string(), pa.float64(), pa.int64(), pa.bool_(), pa.binary()
 _TS = pa.timestamp("us", tz="UTC")
@@ -61,6 +63,10 @@ SCHEMA = pa.schema(
         ("log_loss", _F64), ("acc_known", _F64), ("acc_unseen", _F64), ("acc_real", _F64), ("acc_seen", _F64),
         ("acc_per_device", _STR), ("acc_per_class", _STR), ("confusion", _STR), ("n_clips", _I64),
         ("ci_method", _STR), ("intervals", _STR), ("clips_digest", _STR), ("clip_predictions", _BIN),
+        # validation split (carved from training by location): what selection and the teacher gate look at
+        ("val_macro_acc", _F64), ("teacher_gate", _STR),
+        # training budget (every fit of the run's stages, teachers and pre-training included) and external data
+        ("train_steps", _I64), ("train_samples", _I64), ("external_data", _STR),
         # seeds: one row per seed, plus an aggregate row over them
         ("n_seeds", _I64), ("seeds", _STR), ("seed_rows", _STR), ("macro_acc_seed_std", _F64),
         # deployment precision
@@ -83,7 +89,8 @@ SCHEMA = pa.schema(
 COLUMNS = tuple(SCHEMA.names)
 # columns each schema version added: a row's checksum covers the columns of the version it was written with
 ADDED_IN = {4: ("ci_method", "intervals", "clips_digest", "clip_predictions", "n_seeds", "seeds", "seed_rows",
-                "macro_acc_seed_std")}
+                "macro_acc_seed_std"),
+            5: ("val_macro_acc", "teacher_gate", "train_steps", "train_samples", "external_data")}
 
 
 # ---------------------------------------------------------------------------------------------------------- rows

@@ -21,7 +21,7 @@ from bench.data.store import Store
 from bench.score.complexity import ComplexityError, DeviceModel, SubmissionComplexity, count_devices
 from bench.score.energy import EnergyError, analytic_energy, measure_energy
 from bench.score.leaderboard import DEPLOY_DTYPES
-from bench.score.metrics import Scores, score_predictions
+from bench.score.metrics import Scores, macro_accuracy, score_predictions
 from bench.score.predictions import ClipPredictions
 from bench.score.quantize import QuantizationError, int8_size_bytes
 from bench.models import create_model
@@ -189,6 +189,8 @@ def score_submission(sub: Submission, store: Store, manifest: Manifest, split: s
         **metric_columns(scores, predictions), **complexity_columns(complexity), **dtype_columns(complexity),
         "batch_size": options.batch_size, "clips_per_s": len(clips) / max(predict_s, 1e-9),
     }
+    if calib is not None and len(calib) and (calib["label"] >= 0).all():
+        row["val_macro_acc"] = validation_macro_accuracy(sub, store, manifest, calib, options, cache)
     result = ScoreResult(row, scores, complexity, logits, notes=list(sub.notes))
     unreadable = unreadable_clips(store, split)
     if unreadable:
@@ -200,6 +202,16 @@ def score_submission(sub: Submission, store: Store, manifest: Manifest, split: s
         _measure_energy(sub, store, clips, options, result)
     row["wall_s_score"] = time.perf_counter() - start
     return result
+
+
+def validation_macro_accuracy(sub: Submission, store: Store, manifest: Manifest, val: pd.DataFrame,
+                              options: ScoreOptions, cache: InputCache | None = None) -> float:
+    """Macro accuracy on the validation clips carved from the training split: what model selection and the
+    teacher gate may look at (the test split is for scoring only)."""
+    logits = align_classes(predict_clips(sub, store, val, options.batch_size, cache=cache), sub.class_order,
+                           manifest.classes, sub.name)
+    labels = val["label"].to_numpy()
+    return macro_accuracy(labels, logits.argmax(1) == labels, len(manifest.classes))
 
 
 def unreadable_clips(store: Store, split: str) -> list[str]:

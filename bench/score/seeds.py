@@ -21,12 +21,12 @@ from bench.score.metrics import Resampler, aggregate_seeds, macro_accuracy, perc
 from bench.score.predictions import ClipPredictions, PredictionsError
 
 MEAN_COLUMNS = ("macro_acc", "overall_acc", "log_loss", "acc_known", "acc_unseen", "acc_real", "acc_seen",
-                "int8_macro_acc", "energy_j_per_clip", "clips_per_s", "wall_s_train", "wall_s_score")
+                "int8_macro_acc", "val_macro_acc", "energy_j_per_clip", "clips_per_s", "wall_s_train", "wall_s_score")
 SAME_COLUMNS = ("submission", "system", "variant", "kind", "profile", "dataset", "dataset_fingerprint", "split",
                 "train_split", "clips_digest", "n_clips", "deploy_dtype", "int8_size_bytes", "max_macs",
                 "max_param_bytes", "params", "thop_macs", "dispatcher_macs", "complexity_per_device", "compliant",
                 "compliance_reasons", "counters", "energy_method", "analytic_energy_uj_per_clip", "isolation",
-                "batch_size")
+                "batch_size", "train_steps", "train_samples", "external_data", "teacher_gate")
 
 
 class AggregateError(ValueError):

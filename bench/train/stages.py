@@ -110,16 +110,20 @@ class RunEnv:
     def stage_data(self, config: StageConfig) -> StageData:
         """The data a stage declared: another dataset (``data``), a device subset (``train_devices``) or the run's."""
         if "data" in config.schema.keys and config["data"]:
-            if config["data"] not in self.external:
-                if self.load_external is None:
-                    raise StageError(f"{self.spec.name}: no loader for dataset {config['data']!r}")
-                self.external[config["data"]] = self.load_external(config["data"])
-            return self.external[config["data"]]
+            return self.dataset(config["data"])
         if "train_devices" in config.schema.keys and config["train_devices"]:
             devices = list(config["train_devices"])
             return StageData(self.store, self.manifest, self.data.fit.of_devices(devices),
                              self.data.val.of_devices(devices), self.data.split)
         return self.data
+
+    def dataset(self, name: str) -> StageData:
+        """Another dataset a stage or a teacher's pre-training asked for (``events``, or a folder), loaded once."""
+        if name not in self.external:
+            if self.load_external is None:
+                raise StageError(f"{self.spec.name}: no loader for dataset {name!r}")
+            self.external[name] = self.load_external(name)
+        return self.external[name]
 
     def stage_seed(self, stage: str) -> int:
         """The seed a stage trains with: 0 for the system's ``seed_shared_stages``, else the run's."""
@@ -150,6 +154,18 @@ class StageContext:
         self.manifest = self.data.manifest
         self.classes = list(self.data.classes)
         self.notes: list[str] = []
+        self.budget: list[dict[str, Any]] = []  # one entry per fit: optimizer steps and training samples seen
+
+    def add_budget(self, items: list[dict[str, Any]], **mark: Any) -> None:
+        """Count fits done elsewhere (a cached teacher, a shared pre-training) in this stage's budget, once each."""
+        seen = {item.get("key") for item in self.budget if item.get("key")}
+        self.budget += [{**item, **mark} for item in items if not item.get("key") or item["key"] not in seen]
+
+    def report(self, name: str, data: dict[str, Any]) -> None:
+        """A JSON report of the stage (e.g. the teacher fusion it fitted), copied into the run folder."""
+        folder = self.workdir / "reports"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
 
     def note(self, text: str) -> None:
         """Something the rows of this run must say (a fallback taken, something left out); kept with the stage."""
@@ -165,10 +181,11 @@ class StageContext:
         clips = {"fit": self.data.fit, "val": self.data.val, "train": self.data.fit.concat(self.data.val)}[part]
         return clips.of_devices(devices)
 
-    def loader(self, clips: ClipSet, batch_size: int, shuffle: bool,
-               extras: dict[str, Any] | None = None) -> torch.utils.data.DataLoader:
+    def loader(self, clips: ClipSet, batch_size: int, shuffle: bool, extras: dict[str, Any] | None = None,
+               seed: int | None = None) -> torch.utils.data.DataLoader:
+        """Batches of ``clips``, shuffled from ``seed`` (default: the stage's) in a single process."""
         return make_loader(clips.dataset(extras), batch_size, shuffle,
-                           seed=None if self.env.multi_process else self.seed,
+                           seed=None if self.env.multi_process else (self.seed if seed is None else seed),
                            drop_last=shuffle and len(clips) > batch_size)
 
     def device_index(self, device: str) -> int:
@@ -218,6 +235,7 @@ class StageContext:
             if opt_file.exists():
                 task.final_optimizer_state = torch.load(opt_file, map_location="cpu", weights_only=True)
             self.env.console.print(f"  [dim]{self.stage}/{name}: finished earlier, reused[/]")
+            self._count_fit(run_dir, name, train)
             return task
         opt = task.optim
         has_val = val is not None and len(val) > 0 and opt.val_every > 0
@@ -235,7 +253,7 @@ class StageContext:
         run_dir.mkdir(parents=True, exist_ok=True)
         key_file.write_text(json.dumps(key))
         L.seed_everything(seed, workers=True, verbose=False)
-        train_loader = self.loader(train, opt.batch_size, True, extras(train) if extras else None)
+        train_loader = self.loader(train, opt.batch_size, True, extras(train) if extras else None, seed)
         val_loader = self.loader(val, max(opt.batch_size, 64), False, extras(val) if extras else None) \
             if has_val else None
         callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="latest", save_last=True, save_top_k=1,
@@ -280,11 +298,43 @@ class StageContext:
                                       "scheduler": final["lr_schedulers"][0]}
         torch.save(task.final_optimizer_state, opt_file)
         torch.save(task.state_dict(), done)
+        world = self.env.devices * self.env.num_nodes  # every process steps on its own batch
         (run_dir / "metrics.json").write_text(json.dumps({"wall_s": time.perf_counter() - start, **metrics,
                                                           "steps": int(trainer.global_step),
-                                                          "samples": int(trainer.global_step) * opt.batch_size},
-                                                         indent=2))
+                                                          "samples": int(trainer.global_step) * opt.batch_size
+                                                          * world}, indent=2))
+        self._count_fit(run_dir, name, train)
         return task
+
+    def _count_fit(self, run_dir: Path, name: str, train: ClipSet) -> None:
+        metrics_file = run_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        self.budget.append({"fit": name, "dataset": train.store.dataset_name, "fingerprint": train.store.fingerprint,
+                            "data_seed": train.store.generator_seed, "clips": len(train),
+                            "steps": metrics.get("steps"), "samples": metrics.get("samples"),
+                            "wall_s": metrics.get("wall_s")})
+
+
+def budget_columns(items: list[dict[str, Any]]) -> dict[str, int]:
+    """``train_steps`` and ``train_samples``: the optimizer steps and training samples of every fit, once each
+    (a pre-training two teachers share counts once)."""
+    unique = {item.get("key") or f"#{i}": item for i, item in enumerate(items)}.values()
+    return {"train_steps": sum(int(i.get("steps") or 0) for i in unique),
+            "train_samples": sum(int(i.get("samples") or 0) for i in unique)}
+
+
+def external_data(items: list[dict[str, Any]], own_fingerprint: str) -> list[dict[str, Any]] | None:
+    """The datasets other than the run's own that fits trained on (external data, as the challenge asks
+    participants to declare it): name, fingerprint, generator seed and which fits used them."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if item.get("fingerprint") and item["fingerprint"] != own_fingerprint:
+            entry = out.setdefault(item["fingerprint"], {"dataset": item.get("dataset"),
+                                                         "fingerprint": item["fingerprint"],
+                                                         "seed": item.get("data_seed"), "used_by": []})
+            if item["fit"] not in entry["used_by"]:
+                entry["used_by"].append(item["fit"])
+    return list(out.values()) or None
 
 
 @dataclass
@@ -299,6 +349,11 @@ class StageOutcome:
     @property
     def notes(self) -> list[str]:
         return list((self.entry.info or {}).get("notes", []))
+
+    @property
+    def budget(self) -> list[dict[str, Any]]:
+        """Every fit the stage counts (its own, its teachers', their pre-training): steps and samples seen."""
+        return list((self.entry.info or {}).get("budget", []))
 
 
 def run_stage(env: RunEnv, stage: str, previous: dict[str, dict[str, Any]], upstream: dict[str, str]) -> StageOutcome:
@@ -329,5 +384,5 @@ def run_stage(env: RunEnv, stage: str, previous: dict[str, dict[str, Any]], upst
             raise StageError(f"{env.spec.name}: stage {stage!r} must return a dict of artifacts, got "
                              f"{type(artifacts).__name__}")
         wall = time.perf_counter() - start
-        entry.store(artifacts, recorder, wall, notes=ctx.notes)
+        entry.store(artifacts, recorder, wall, notes=ctx.notes, budget=ctx.budget)
     return StageOutcome(artifacts, False, wall, entry.resolved_key, entry, reasons)

@@ -1,5 +1,12 @@
 """The teacher stage: big models trained by the harness (or loaded from a local checkpoint), and their logits.
 
+A teacher may first be pre-trained on a multi-label corpus (``pretrain``: the embedded sound-event corpus
+``events``, the offline stand-in for AudioSet, or any clips-layout folder) with binary cross-entropy; the
+checkpoint is cached once per (architecture, options, corpus, recipe) under ``cache/pretrained`` and shared by every
+teacher, seed and system that asks for it; its head is dropped before fine-tuning on the scenes. Every teacher's
+validation macro accuracy is recorded; the quality gate flags a teacher below ``floor`` and, with
+``gate = "exclude"``, leaves it out of the ensemble.
+
 Teachers are trained on the training split only (``fit`` clips; the validation locations stay held out) and
 cached in a cache shared by every system (:class:`bench.train.cache.CacheEntry` under ``cache/teachers``), keyed
 by the teacher's own config, the data, the seed and the libraries, and reused while the harness code that trained
@@ -10,6 +17,7 @@ logits or DS-FlexiNet's learned fusion, fitted on the validation clips only (nev
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +34,21 @@ from bench.identity import Recorder, library_versions, note_dependencies
 from bench.models import check_model_options, create_model
 from bench.models.base import ASCModel
 from bench.models.passt import load_passt_checkpoint
+from bench.models.pretrained import load_pretrained
 from bench.paths import data_home
+from bench.score.metrics import macro_accuracy
 from bench.submission import ModelSubmission
 from bench.train.cache import CacheEntry
-from bench.train.recipes import AUGMENT, make_task
-from bench.train.stages import StageContext, StageError
-from bench.train.task import OPTIM
+from bench.train.recipes import AUGMENT, augmentations, make_task
+from bench.train.stages import StageContext, StageError, budget_columns, external_data
+from bench.train.task import OPTIM, ClassifierTask, OptimConfig, binary_cross_entropy, cross_entropy
+
+PRETRAIN = Schema("pretrain", {
+    "data": Key(str, "events", "the corpus: `events` (the embedded sound-event corpus of the run's profile) or a "
+                "dataset folder with its own classes and validation part"),
+    "seed": Key(int, 0, "pre-training seed (not the run's: one checkpoint per architecture, corpus and recipe)"),
+    **{k: AUGMENT.keys[k] for k in ("roll_seconds", "fms_p", "fms_alpha", "fms_per_batch")},
+}) | OPTIM
 
 TEACHER = Schema("teacher", {
     "name": Key(str, REQUIRED, "unique name; the cache and the board use it"),
@@ -39,22 +56,38 @@ TEACHER = Schema("teacher", {
     "seed": Key(int, 0, "added to the run seed x 1000, so teachers of one run differ"),
     "checkpoint": Key(str, None, "local weights to start from (never downloaded); with epochs = 0 used as is"),
     "model_options": Key(dict, {}, "overrides of the architecture's config"),
+    "pretrain": Key(dict, None, "pre-train on a multi-label corpus first (data, seed, epochs, optimizer keys, "
+                    "roll/Freq-MixStyle), then fine-tune on the scenes with the head replaced", table=PRETRAIN),
+    "pretrained": Key(bool, True, "start from the `pretrain` checkpoint (false: the same teacher from scratch)"),
 }) | OPTIM | AUGMENT
 
 
 def _check_teachers(cfg) -> None:
-    names = [t["name"] for t in cfg.get("teachers") or []]
+    teachers = cfg.get("teachers") or []
+    names = [t["name"] for t in teachers]
     if len(set(names)) != len(names):
         raise ConfigError(f"teachers: names must be unique, got {names}")
-    for t in cfg.get("teachers") or []:
+    for t in teachers:
         check_model_options(t["model"], t.get("model_options") or {})
+        if t.get("checkpoint") and t.get("pretrain"):
+            raise ConfigError(f"teacher {t['name']}: give `checkpoint` (local pre-trained weights) or `pretrain` "
+                              "(pre-train here), not both")
 
+
+GATE = Schema("gate", {
+    "floor": Key(float, None, "quality gate: the validation macro accuracy (a fraction) a teacher must reach — "
+                 "set it to the un-distilled student's (`val_macro_acc` of its row); none: no gate"),
+    "gate": Key(str, "flag", "a teacher below the floor is flagged on the board, or also left out of the ensemble",
+                choices=("flag", "exclude")),
+})
+STAGE_ONLY = ("teachers", *GATE.keys)  # keys of the stage table that are not every teacher's defaults
+SHARED = ("pretrain", "pretrained")  # teacher keys the stage table may set for every teacher
 
 TEACHERS = Schema("teachers", {
     "teachers": Key(list, [], "one table per teacher (name, model, seed, epochs, optimizer and augmentation keys, "
-                    "model_options, checkpoint); the stage table's other keys are every teacher's defaults",
-                    table=TEACHER),
-}, checks=(_check_teachers,)) | OPTIM | AUGMENT
+                    "model_options, checkpoint or pretrain); the stage table's other keys are every teacher's "
+                    "defaults", table=TEACHER),
+}, checks=(_check_teachers,)) | GATE | Schema("shared", {k: TEACHER.keys[k] for k in SHARED}) | OPTIM | AUGMENT
 
 
 def _seed(ctx: StageContext, cfg: dict[str, Any]) -> int:
@@ -71,7 +104,7 @@ def teacher_configs(ctx: StageContext, stage: str) -> list[dict[str, Any]]:
     teacher's entry, then the declared defaults. Shared keys of the system never reach a teacher, so student
     settings never change a teacher's cache key."""
     table = ctx.env.resolved.get(stage, {})
-    common = {k: v for k, v in table.items() if k != "teachers"}
+    common = {k: v for k, v in table.items() if k not in STAGE_ONLY}
     where = str(ctx.env.spec.toml_path)
     return [with_defaults({**common, **t}, TEACHER, where, f"{stage}.teachers[{i}]")
             for i, t in enumerate(table.get("teachers", []))]
@@ -98,59 +131,162 @@ def _load_checkpoint(model: ASCModel, cfg: dict[str, Any]) -> None:
         model.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
+def _corpus(ctx: StageContext, cfg: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
+    """(the pre-training recipe with its defaults, the corpus) of a teacher that starts from pre-training."""
+    if not cfg["pretrain"] or not cfg["pretrained"] or cfg["checkpoint"]:
+        return None
+    recipe = with_defaults(cfg["pretrain"], PRETRAIN, str(ctx.env.spec.toml_path), f"teacher {cfg['name']}.pretrain")
+    return recipe, ctx.env.dataset(recipe["data"])
+
+
+def _world(ctx: StageContext) -> dict[str, Any]:
+    return {"accelerator": ctx.env.accelerator, "devices": ctx.env.devices, "num_nodes": ctx.env.num_nodes}
+
+
+def pretrain_entry(ctx: StageContext, cfg: dict[str, Any], recipe: dict[str, Any], corpus) -> CacheEntry:
+    """The shared cache entry of one pre-training: architecture and options, recipe, corpus, libraries."""
+    static = {"model": cfg["model"], "model_options": cfg["model_options"], "pretrain": recipe,
+              "data": corpus.identity(), "libraries": library_versions(), "world": _world(ctx),
+              "system_files": ctx.env.spec.files() if "/" in cfg["model"] else None}
+    return CacheEntry(data_home() / "cache" / "pretrained", cfg["model"], static)
+
+
+def _fits_since(ctx: StageContext, start: int, **mark: Any) -> list[dict[str, Any]]:
+    """The budget entries of the fits since ``start``, taken off the stage's list and marked (e.g. with a key)."""
+    items = [{**item, **mark} for item in ctx.budget[start:]]
+    del ctx.budget[start:]
+    return items
+
+
+def pretrained_weights(ctx: StageContext, cfg: dict[str, Any], recipe: dict[str, Any],
+                       corpus) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Weights of the teacher's architecture pre-trained on ``corpus`` (binary cross-entropy on its multi-hot
+    labels), trained unless the shared cache has them; and the pre-training's budget entry."""
+    entry = pretrain_entry(ctx, cfg, recipe, corpus)
+    console = ctx.env.console
+    with entry.lock(console):
+        hit, reasons = entry.lookup()
+        if hit:
+            note_dependencies(entry.info["dependencies"])
+            return entry.load_artifacts()["weights"], [{**b, "cached": True} for b in entry.info["budget"]]
+        console.print(f"    pre-training {cfg['model']} on {corpus.manifest.name} ({'; '.join(reasons)})")
+        entry.prepare_work(console)
+        start, first = time.perf_counter(), len(ctx.budget)
+        with Recorder() as recorder:
+            torch.manual_seed(recipe["seed"])
+            model = create_model(cfg["model"], n_classes=len(corpus.classes), **cfg["model_options"])
+            wave, feats = augmentations(ctx, {**AUGMENT.defaults(), **recipe, "dir_p": 0.0})
+            loss = binary_cross_entropy if corpus.manifest.multilabel else cross_entropy
+            task = ClassifierTask(model, OptimConfig.from_config(recipe), wave, feats, loss)
+            ctx.fit(task, corpus.fit, corpus.val, name=f"pretrain-{cfg['model']}", run_dir=entry.dir / "fit",
+                    seed=recipe["seed"])
+        budget = _fits_since(ctx, first, key=entry.key, pretrain=True)
+        metrics = json.loads((entry.dir / "fit" / "metrics.json").read_text())
+        entry.store({"weights": model.state_dict(), "classes": list(corpus.classes)}, recorder,
+                    time.perf_counter() - start, budget=budget, val_map=metrics.get("val_map"))
+    return model.state_dict(), budget
+
+
 def teacher_entry(ctx: StageContext, cfg: dict[str, Any]) -> CacheEntry:
-    """The shared cache entry of one teacher: its config (with a checkpoint file's content hash), the data, seed,
-    process layout and libraries — and the system's files when the teacher is one of the system's own architectures
-    (a harness architecture's teacher is shared by every system)."""
+    """The shared cache entry of one teacher: its config (with a checkpoint file's content hash, or the corpus it
+    is pre-trained on), the data, seed, process layout and libraries — and the system's files when the teacher is
+    one of the system's own architectures (a harness architecture's teacher is shared by every system)."""
     from bench.identity import file_digest
 
     checkpoint = Path(cfg["checkpoint"]).expanduser() if cfg["checkpoint"] else None
+    corpus = _corpus(ctx, cfg)
     static = {"teacher": cfg, "checkpoint_sha256": file_digest(checkpoint) if checkpoint and checkpoint.exists()
               else None, "data": ctx.data.identity(), "seed": ctx.seed, "libraries": library_versions(),
-              "world": {"accelerator": ctx.env.accelerator, "devices": ctx.env.devices,
-                        "num_nodes": ctx.env.num_nodes},
-              "system_files": ctx.env.spec.files() if "/" in cfg["model"] else None}
+              "world": _world(ctx), "system_files": ctx.env.spec.files() if "/" in cfg["model"] else None}
+    if corpus is not None:
+        static["pretrain"] = {"recipe": corpus[0], "data": corpus[1].identity()}
     return CacheEntry(data_home() / "cache" / "teachers", cfg["name"], static)
 
 
-def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> tuple[torch.Tensor, bool]:
-    """Logits of one teacher on the training split (fit + validation clips, in that order); trains it (or
-    loads its checkpoint) unless the shared cache has it. Returns (logits, came from the cache)."""
+@dataclass
+class TrainedTeacher:
+    logits: torch.Tensor       # on the training split: fit clips, then validation clips
+    cached: bool
+    val_macro_acc: float | None
+    budget: list[dict[str, Any]]  # its fits (pre-training included): steps and samples seen
+
+
+def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> TrainedTeacher:
+    """One teacher's logits on the training split (fit + validation clips, in that order); trains it (pre-trained
+    first, or loaded from its checkpoint) unless the shared cache has it."""
     entry = teacher_entry(ctx, cfg)
     with entry.lock(ctx.env.console):
         hit, reasons = entry.lookup()
         if hit:
             note_dependencies(entry.info["dependencies"])  # the stage depends on the code that trained the teacher
-            return entry.load_artifacts()["logits"], True
+            budget = [{**b, "cached": True} for b in entry.info.get("budget", [])]
+            return TrainedTeacher(entry.load_artifacts()["logits"], True, entry.info.get("val_macro_acc"), budget)
         ctx.env.console.print(f"    teacher {cfg['name']}: training ({'; '.join(reasons)})")
         entry.prepare_work(ctx.env.console)
-        start = time.perf_counter()
+        start, first = time.perf_counter(), len(ctx.budget)
+        budget: list[dict[str, Any]] = []
         with Recorder() as recorder:
             model = _build(ctx, cfg)
+            corpus = _corpus(ctx, cfg)
             if cfg["checkpoint"]:
                 _load_checkpoint(model, cfg)
+            elif corpus is not None:
+                weights, budget = pretrained_weights(ctx, cfg, *corpus)
+                load_pretrained(model, weights)
             if cfg["epochs"] > 0:
                 ctx.fit(make_task(ctx, model, cfg), ctx.clips("fit"), ctx.clips("val"), name=cfg["name"],
                         run_dir=entry.dir / "fit", seed=_seed(ctx, cfg))
             train = ctx.clips("train")
             logits = predict_logits(model, train)
+        budget += _fits_since(ctx, first, key=entry.key, teacher=cfg["name"])
         n_fit = len(ctx.clips("fit"))
-        labels = torch.from_numpy(train.labels)
-        val_acc = float((logits[n_fit:].argmax(1) == labels[n_fit:]).float().mean()) if len(train) > n_fit else None
+        labels = train.labels[n_fit:]
+        val_acc = macro_accuracy(labels, logits[n_fit:].argmax(1).numpy() == labels, len(ctx.classes)) \
+            if len(train) > n_fit else None
         entry.store({"rows": torch.from_numpy(train.rows.copy()), "logits": logits, "weights": model.state_dict()},
-                    recorder, time.perf_counter() - start, val_accuracy=val_acc, logits_bytes=logits.numel() * 4)
-    return logits, False
+                    recorder, time.perf_counter() - start, val_macro_acc=val_acc, budget=budget,
+                    logits_bytes=logits.numel() * 4)
+    return TrainedTeacher(logits, False, val_acc, budget)
+
+
+def gate_verdict(val_macro_acc: float | None, floor: float | None, gate: str) -> str:
+    """``pass``, ``flagged`` (below the floor, kept) or ``excluded`` (below the floor, left out of the ensemble)."""
+    if floor is None or val_macro_acc is None or val_macro_acc >= floor:
+        return "pass"
+    return "excluded" if gate == "exclude" else "flagged"
 
 
 @reads(TEACHERS)
 def teacher_stage(ctx: StageContext) -> dict[str, Any]:
-    """Stage body: every teacher of the stage's ``teachers`` list."""
-    out: dict[str, Any] = {"rows": torch.from_numpy(ctx.clips("train").rows.copy()), "logits": {}, "cached": {}}
+    """Stage body: every teacher of the stage's ``teachers`` list, through the quality gate."""
+    out: dict[str, Any] = {"rows": torch.from_numpy(ctx.clips("train").rows.copy()), "logits": {}, "cached": {},
+                           "quality": {}, "budget": {}}
+    floor, gate = ctx.config["floor"], ctx.config["gate"]
     for cfg in teacher_configs(ctx, ctx.stage):
-        logits, cached = train_teacher(ctx, cfg)
-        out["logits"][cfg["name"]] = logits
-        out["cached"][cfg["name"]] = cached
-        ctx.env.console.print(f"    teacher {cfg['name']}: " + ("[green]cached[/]" if cached else "trained"))
+        name = cfg["name"]
+        teacher = train_teacher(ctx, cfg)
+        ctx.add_budget(teacher.budget)
+        verdict = gate_verdict(teacher.val_macro_acc, floor, gate)
+        out["cached"][name] = teacher.cached
+        out["budget"][name] = teacher.budget
+        out["quality"][name] = {"val_macro_acc": teacher.val_macro_acc, "floor": floor, "gate": verdict}
+        shown = "n/a" if teacher.val_macro_acc is None else f"{100 * teacher.val_macro_acc:.1f} %"
+        ctx.env.console.print(f"    teacher {name}: " + ("[green]cached[/]" if teacher.cached else "trained")
+                              + f", validation macro accuracy {shown}" + ("" if verdict == "pass" else
+                                                                         f" [yellow]{verdict}: below the floor "
+                                                                         f"{100 * floor:.1f} %[/]"))
+        if verdict == "flagged":
+            ctx.note(f"teacher {name} is below the quality floor ({shown} < {100 * floor:.1f} % validation macro "
+                     "accuracy) and still in the ensemble")
+        if verdict == "excluded":
+            ctx.note(f"teacher {name} left out of the ensemble: {shown} < floor {100 * floor:.1f} %")
+            continue
+        out["logits"][name] = teacher.logits
+    if not out["logits"] and out["quality"]:
+        scores = ", ".join(f"{n} {q['val_macro_acc']:.3f}" for n, q in out["quality"].items())
+        raise StageError(f"{ctx.env.spec.name}/{ctx.stage}: every teacher is below the floor {floor} ({scores}); "
+                         "lower `floor`, set gate = \"flag\", or train better teachers")
+    ctx.report("teachers", {"quality": out["quality"], "budget": out["budget"]})
     return out
 
 
@@ -176,12 +312,18 @@ def kd_targets(ctx: StageContext, teachers: dict[str, Any], mode: str) -> KDTarg
         raise StageError("distillation needs at least one teacher (profile `teachers` list is empty)")
     rows = teachers["rows"].numpy()
     logits = [teachers["logits"][n] for n in names]
-    if mode == "average":
-        return KDTargets(rows, average_logits(logits), {"mode": mode, "teachers": names})
     val = ctx.clips("val")
     pos = pd.Series(np.arange(len(rows)), index=rows)[val.rows].to_numpy(copy=True)
-    fusion = TeacherFusion().fit([z[pos] for z in logits], torch.from_numpy(val.labels), split="validation")
-    return KDTargets(rows, fusion.transform(logits), {"mode": mode, "teachers": names, **fusion.to_dict()})
+    if mode == "average":
+        targets = KDTargets(rows, average_logits(logits), {"mode": mode, "teachers": names})
+    else:
+        fusion = TeacherFusion().fit([z[pos] for z in logits], torch.from_numpy(val.labels), split="validation")
+        targets = KDTargets(rows, fusion.transform(logits), {"mode": mode, "teachers": names, **fusion.to_dict()})
+    correct = targets.logits[pos].argmax(1).numpy() == val.labels
+    targets.info["val_macro_acc"] = macro_accuracy(val.labels, correct, len(ctx.classes)) if len(val) else None
+    targets.info["teacher_quality"] = teachers.get("quality", {})
+    ctx.report("kd_targets", targets.info)
+    return targets
 
 
 def teacher_submissions(ctx: StageContext, stage: str = "teachers") -> dict[str, tuple[ModelSubmission, str]]:
@@ -189,11 +331,17 @@ def teacher_submissions(ctx: StageContext, stage: str = "teachers") -> dict[str,
     if stage in ctx.env.reused_stages:
         return {}
     out = {}
+    done = ctx.previous[stage]
     for cfg in teacher_configs(ctx, stage):
-        if ctx.previous[stage]["cached"].get(cfg["name"]):
+        name = cfg["name"]
+        if done["cached"].get(name):
             continue
         model = _build(ctx, cfg)
         model.load_state_dict(teacher_entry(ctx, cfg).load_artifacts()["weights"])
-        out[f"teacher-{cfg['name']}"] = (ModelSubmission.single(f"teacher:{cfg['name']}", model.eval(),
-                                                                ctx.classes), "teacher")
+        sub = ModelSubmission.single(f"teacher:{name}", model.eval(), ctx.classes)
+        own = done["budget"][name]
+        sub.row_fields = {"teacher_gate": done["quality"][name]["gate"], **budget_columns(own),
+                          "external_data": external_data(own, ctx.data.store.fingerprint)}
+        out[f"teacher-{name}"] = (sub, "teacher")
     return out
+

@@ -75,8 +75,10 @@ def simulated_device(name: str, rng: np.random.Generator, strength: float = 1.0)
                   noise_db=float(rng.uniform(-72, -56)), noise_tilt=float(rng.normal(-1.5, 1.5)), strength=strength)
 
 
-def all_devices(seed: int, names: list[str], strength: float = 1.0) -> dict[str, DeviceChain]:
-    """The chains for ``names``: real ones are fixed; each simulated one is drawn from (seed, its name)."""
+def all_devices(seed: int | list[int], names: list[str], strength: float = 1.0) -> dict[str, DeviceChain]:
+    """The chains for ``names``: real ones are fixed; each simulated one is drawn from (seed, its name); ``seed``
+    may be a stream prefix (a list of integers)."""
+    prefix = list(seed) if isinstance(seed, (list, tuple)) else [seed]
     real = real_devices(strength)
     out = {}
     for name in names:
@@ -84,7 +86,7 @@ def all_devices(seed: int, names: list[str], strength: float = 1.0) -> dict[str,
             out[name] = real[name]
         else:
             tag = [ord(ch) for ch in name]
-            out[name] = simulated_device(name, np.random.default_rng([seed, 7, *tag]), strength)
+            out[name] = simulated_device(name, np.random.default_rng([*prefix, 7, *tag]), strength)
     return out
 
 

@@ -4,6 +4,10 @@ Cities hold recording locations; each location is cut into 1-s segments; train a
 each segment is recorded in parallel by several device chains (device ``a`` always, the others on a subset in
 training and all of them in test). Every location draws from its own seed, so the output is byte-identical for a
 seed however the work is spread over processes.
+
+``test_draw`` in the generator section (default 0) re-draws the test split — its locations, their segments and the
+devices that appear only in test — from streams of their own, leaving the training split byte-identical: a fresh
+test set nobody has looked at, for a benchmark whose generator was tuned on the old one.
 """
 
 from __future__ import annotations
@@ -91,11 +95,12 @@ def _render_location(args) -> list[tuple[str, str, str, str, str]]:
     chains = _chains(manifest, seed)
     si = manifest.classes.index(lp.scene)
     city = scenes.city_style(np.random.default_rng([seed, 2, lp.city_index]))
-    rng = np.random.default_rng([seed, 3, lp.city_index, si, lp.location_id])
+    draw = _stream(manifest, seed, lp.split)
+    rng = np.random.default_rng([*draw, 3, lp.city_index, si, lp.location_id])
     params = scenes.location_params(lp.scene, city, rng, g["overlap"], g["hard_fraction"], g["jitter"])
     rows = []
     for s, devs in enumerate(lp.segments):
-        seg_rng = np.random.default_rng([seed, 4, lp.city_index, si, lp.location_id, s])
+        seg_rng = np.random.default_rng([*draw, 4, lp.city_index, si, lp.location_id, s])
         spectrum = scenes.render(params, seg_rng)
         for d in devs:
             name = filename(lp, s, d)
@@ -104,14 +109,25 @@ def _render_location(args) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def _stream(manifest: Manifest, seed: int, split: str) -> list[int]:
+    """The random stream prefix of a split: the seed, plus the test draw for the test split when it is not 0."""
+    draw = int(manifest.generator.get("test_draw", 0))
+    return [seed, 1000 + draw] if split == "test" and draw else [seed]
+
+
 _CHAIN_CACHE: dict[tuple[str, int], dict[str, devmod.DeviceChain]] = {}
 
 
 def _chains(manifest: Manifest, seed: int) -> dict[str, devmod.DeviceChain]:
+    """Every device's chain; the devices that only record test clips are drawn from the test split's stream."""
     key = (manifest.name, seed)
     if key not in _CHAIN_CACHE:
-        _CHAIN_CACHE[key] = devmod.all_devices(seed, list(manifest.generator["test_devices"]),
-                                               manifest.generator["device_strength"])
+        g = manifest.generator
+        in_training = ["a", *g["secondary_devices"]]
+        test_only = [d for d in g["test_devices"] if d not in in_training]
+        _CHAIN_CACHE[key] = {
+            **devmod.all_devices([seed], [d for d in g["test_devices"] if d in in_training], g["device_strength"]),
+            **devmod.all_devices(_stream(manifest, seed, "test"), test_only, g["device_strength"])}
     return _CHAIN_CACHE[key]
 
 

@@ -1,0 +1,114 @@
+"""Teachers that teach: pre-training on the embedded event corpus (shared, head dropped), the quality gate, and the
+training budget every row records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.run import run_system
+from bench.score.scorer import ScoreOptions
+from bench.train.stages import StageError
+from bench.train.teachers import gate_verdict
+
+FAST = ScoreOptions(int8=False, energy=False, n_boot=10)
+
+TOML = '''
+[system]
+name = "gate"
+description = "teachers only: pre-training, the quality gate, budgets"
+citation = "none"
+stages = ["teachers"]
+
+[profiles.smoke.teachers]
+floor = FLOOR
+gate = "GATE"
+pretrain = { data = "events", epochs = 3, batch_size = 8, lr = 3e-3 }
+teachers = [
+  { name = "half-a", model = "cpresnet_half", seed = 1, epochs = 0, model_options = { n_mels = 32 } },
+  { name = "half-b", model = "cpresnet_half", seed = 2, epochs = 1, batch_size = 16, model_options = { n_mels = 32 } },
+]
+'''
+
+PY = '''
+from bench.submission import ModelSubmission
+from bench.train.teachers import teacher_stage, teacher_submissions
+
+teachers = teacher_stage
+
+
+def submission(ctx):
+    return ModelSubmission.single("gate", ctx.create_model("cpresnet_half", n_mels=32).eval(), ctx.classes)
+
+
+def extra_submissions(ctx):
+    return teacher_submissions(ctx)
+'''
+
+
+def write(folder: Path, floor: float, gate: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "system.toml").write_text(TOML.replace("FLOOR", str(floor)).replace("GATE", gate))
+    (folder / "system.py").write_text(PY)
+    return folder
+
+
+def epoch_losses(fit_dir: Path) -> list[float]:
+    log = pd.read_csv(fit_dir / "logs" / "version_0" / "metrics.csv")
+    return log["train_loss_epoch"].dropna().tolist()
+
+
+def test_pretraining_is_shared_drops_the_head_and_every_row_counts_its_budget(tmp_path, smoke_dataset,
+                                                                              isolated_data_home):
+    result = run_system(write(tmp_path / "gate", 0.0, "flag"), str(smoke_dataset), "smoke", board=None,
+                        progress=False, score_options=FAST)
+    entries = [p for p in (isolated_data_home / "cache" / "pretrained").glob("cpresnet_half-*/done.json")
+               if json.loads(p.read_text())["static"]["model_options"] == {"n_mels": 32}]  # other tests pre-train too
+    assert len(entries) == 1  # one checkpoint per (architecture, corpus, recipe), shared by both teachers
+    pre_dir = entries[0].parent
+    losses = epoch_losses(pre_dir / "fit")
+    assert len(losses) == 3 and losses[-1] < losses[0]  # the multi-label loss falls on the smoke corpus
+    pre = torch.load(pre_dir / "artifacts.pt", weights_only=True)
+    n_events = len(pre["classes"])
+    assert pre["weights"]["net.head.0.weight"].shape[0] == n_events != 10
+
+    teachers = sorted((isolated_data_home / "cache" / "teachers").glob("half-a-*/artifacts.pt"))
+    a = torch.load(teachers[-1], weights_only=True)["weights"]  # epochs = 0: the pre-trained network, new head
+    assert a["net.head.0.weight"].shape[0] == 10
+    assert all(torch.equal(a[k], v) for k, v in pre["weights"].items() if not k.startswith("net.head."))
+
+    rows = {r["submission"]: r for r in result.rows}
+    pre_fit = json.loads((pre_dir / "fit" / "metrics.json").read_text())
+    b_fit = json.loads(next((isolated_data_home / "cache" / "teachers").glob("half-b-*/fit/metrics.json"))
+                       .read_text())
+    assert rows["teacher:half-a"]["train_steps"] == pre_fit["steps"]
+    assert rows["teacher:half-b"]["train_steps"] == pre_fit["steps"] + b_fit["steps"]
+    assert rows["teacher:half-b"]["train_samples"] == pre_fit["samples"] + b_fit["samples"]
+    assert rows["gate"]["train_steps"] == pre_fit["steps"] + b_fit["steps"]  # the shared pre-training once
+    external = json.loads(rows["gate"]["external_data"])
+    assert [(e["dataset"], e["seed"], e["used_by"]) for e in external] == [("events-smoke", 0,
+                                                                           ["pretrain-cpresnet_half"])]
+    assert len(external[0]["fingerprint"]) >= 16
+    stage = json.loads(rows["gate"]["stages"])["teachers"]["budget"]
+    assert stage["train_steps"] == rows["gate"]["train_steps"]
+    for name in ("teacher:half-a", "teacher:half-b"):
+        assert rows[name]["teacher_gate"] == "pass" and 0 <= rows[name]["val_macro_acc"] <= 1
+    report = json.loads((result.run_dir / "reports" / "teachers-teachers.json").read_text())
+    assert set(report["quality"]) == {"half-a", "half-b"}
+
+
+def test_the_gate_flags_or_excludes_teachers_below_the_floor(tmp_path, smoke_dataset):
+    flagged = run_system(write(tmp_path / "flag", 0.99, "flag"), str(smoke_dataset), "smoke", board=None,
+                         progress=False, score_options=FAST)
+    quality = torch.load(Path(flagged.stages[0]["cache_dir"]) / "artifacts.pt", weights_only=True)["quality"]
+    assert {q["gate"] for q in quality.values()} == {"flagged"}
+    assert "half-a is below the quality floor" in flagged.rows[0]["notes"]
+    with pytest.raises(StageError, match="every teacher is below the floor 0.99"):
+        run_system(write(tmp_path / "exclude", 0.99, "exclude"), str(smoke_dataset), "smoke", board=None,
+                   progress=False, score_options=FAST)
+    assert [gate_verdict(0.5, 0.4, "exclude"), gate_verdict(0.3, 0.4, "exclude"), gate_verdict(0.3, None, "flag"),
+            gate_verdict(0.3, 0.4, "flag")] == ["pass", "excluded", "pass", "flagged"]
