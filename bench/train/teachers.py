@@ -187,14 +187,15 @@ def pretrained_weights(ctx: StageContext, cfg: dict[str, Any], recipe: dict[str,
     return model.state_dict(), budget
 
 
-def teacher_entry(ctx: StageContext, cfg: dict[str, Any]) -> CacheEntry:
+def teacher_entry(ctx: StageContext, cfg: dict[str, Any], corpus: tuple[dict[str, Any], Any] | None = None
+                  ) -> CacheEntry:
     """The shared cache entry of one teacher: its config (with a checkpoint file's content hash, or the corpus it
     is pre-trained on), the data, seed, process layout and libraries — and the system's files when the teacher is
     one of the system's own architectures (a harness architecture's teacher is shared by every system)."""
     from bench.identity import file_digest
 
     checkpoint = Path(cfg["checkpoint"]).expanduser() if cfg["checkpoint"] else None
-    corpus = _corpus(ctx, cfg)
+    corpus = corpus or _corpus(ctx, cfg)
     static = {"teacher": cfg, "checkpoint_sha256": file_digest(checkpoint) if checkpoint and checkpoint.exists()
               else None, "data": ctx.data.identity(), "seed": ctx.seed, "libraries": library_versions(),
               "world": _world(ctx), "system_files": ctx.env.spec.files() if "/" in cfg["model"] else None}
@@ -214,7 +215,8 @@ class TrainedTeacher:
 def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> TrainedTeacher:
     """One teacher's logits on the training split (fit + validation clips, in that order); trains it (pre-trained
     first, or loaded from its checkpoint) unless the shared cache has it."""
-    entry = teacher_entry(ctx, cfg)
+    corpus = _corpus(ctx, cfg)
+    entry = teacher_entry(ctx, cfg, corpus)
     with entry.lock(ctx.env.console):
         hit, reasons = entry.lookup()
         if hit:
@@ -227,7 +229,6 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> TrainedTeacher:
         budget: list[dict[str, Any]] = []
         with Recorder() as recorder:
             model = _build(ctx, cfg)
-            corpus = _corpus(ctx, cfg)
             if cfg["checkpoint"]:
                 _load_checkpoint(model, cfg)
             elif corpus is not None:
