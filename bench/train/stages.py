@@ -156,10 +156,10 @@ class StageContext:
         self.notes: list[str] = []
         self.budget: list[dict[str, Any]] = []  # one entry per fit: optimizer steps and training samples seen
 
-    def add_budget(self, items: list[dict[str, Any]], **mark: Any) -> None:
+    def add_budget(self, items: list[dict[str, Any]]) -> None:
         """Count fits done elsewhere (a cached teacher, a shared pre-training) in this stage's budget, once each."""
         seen = {item.get("key") for item in self.budget if item.get("key")}
-        self.budget += [{**item, **mark} for item in items if not item.get("key") or item["key"] not in seen]
+        self.budget += [item for item in items if not item.get("key") or item["key"] not in seen]
 
     def report(self, name: str, data: dict[str, Any]) -> None:
         """A JSON report of the stage (e.g. the teacher fusion it fitted), copied into the run folder."""
