@@ -38,7 +38,8 @@ from bench.score.predictions import ClipPredictions
 REFERENCE_DEVICE = "a"  # the device the training data was recorded with; the shift view measures gaps from it
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 # table columns sorted by the raw value rather than by their display text
-SORT_KEYS = {"#": "rank", "seeds": "n_seeds", "macro acc %": "macro_acc", "known %": "acc_known",
+SORT_KEYS = {"#": "rank", "seeds": "n_seeds", "macro acc %": "macro_acc", "val %": "val_macro_acc",
+             "known %": "acc_known",
              "unseen %": "acc_unseen", "MACs": "max_macs", "params": "max_param_bytes", "INT8 size": "int8_size_bytes",
              "INT8 acc %": "int8_macro_acc", "energy J/clip": "energy_j_per_clip",
              "analytic µJ": "analytic_energy_uj_per_clip"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,7 +14,7 @@ import torch
 from bench.run import run_system
 from bench.score.scorer import ScoreOptions
 from bench.train.stages import StageError
-from bench.train.teachers import gate_verdict
+from bench.train.teachers import gate_failures, gate_verdict, validation_quality
 
 FAST = ScoreOptions(int8=False, energy=False, n_boot=10)
 
@@ -106,9 +107,26 @@ def test_the_gate_flags_or_excludes_teachers_below_the_floor(tmp_path, smoke_dat
                          progress=False, score_options=FAST)
     quality = torch.load(Path(flagged.stages[0]["cache_dir"]) / "artifacts.pt", weights_only=True)["quality"]
     assert {q["gate"] for q in quality.values()} == {"flagged"}
-    assert "half-a is below the quality floor" in flagged.rows[0]["notes"]
-    with pytest.raises(StageError, match="every teacher is below the floor 0.99"):
+    assert "half-a fails the quality gate (validation macro accuracy" in flagged.rows[0]["notes"]
+    with pytest.raises(StageError, match="every teacher fails the quality gate .*< floor 99.0 %"):
         run_system(write(tmp_path / "exclude", 0.99, "exclude"), str(smoke_dataset), "smoke", board=None,
                    progress=False, score_options=FAST)
-    assert [gate_verdict(0.5, 0.4, "exclude"), gate_verdict(0.3, 0.4, "exclude"), gate_verdict(0.3, None, "flag"),
-            gate_verdict(0.3, 0.4, "flag")] == ["pass", "excluded", "pass", "flagged"]
+    assert [gate_verdict([], "exclude"), gate_verdict(["low"], "exclude"), gate_verdict(["low"], "flag")] == \
+        ["pass", "excluded", "flagged"]
+
+
+def test_the_gate_catches_a_collapsed_teacher():
+    """A teacher that sends most validation clips to one class fails ``max_class_share`` even when its accuracy
+    clears the floor; a balanced one passes; without validation clips nothing is judged."""
+    classes = [f"c{i}" for i in range(10)]
+    labels = np.repeat(np.arange(10), 10)
+    balanced = torch.nn.functional.one_hot(torch.from_numpy(labels), 10).float()
+    collapsed = balanced.clone()
+    collapsed[:60] = torch.nn.functional.one_hot(torch.tensor(3), 10).float()  # classes 0-5 all predicted as c3
+    good, bad = validation_quality(balanced, labels, classes), validation_quality(collapsed, labels, classes)
+    assert good["val_macro_acc"] == 1.0 and good["top_class_share"] == pytest.approx(0.1)
+    assert bad["top_class"] == "c3" and bad["top_class_share"] == pytest.approx(0.6)
+    assert gate_failures(good, 0.3, 0.3) == []
+    assert gate_failures(bad, 0.3, 0.3) == ["collapsed: 60 % of validation predictions are c3 (> 30 %)"]
+    assert gate_failures(bad, 0.3, None) == []  # accuracy 0.5 clears the floor; no share limit set
+    assert gate_failures(validation_quality(collapsed[:0], labels[:0], classes), 0.9, 0.3) == []

@@ -113,6 +113,7 @@ def _summary_row(r: dict) -> dict[str, str]:
         "seeds": _seeds(r),
         "profile": _text(r["profile"]),
         "macro acc %": _macro(r),
+        "val %": _validation(r),
         "known %": _num(r["acc_known"], 100),
         "unseen %": _num(r["acc_unseen"], 100),
         "MACs": _num(r["max_macs"], 1e-6, " M"),
@@ -135,6 +136,13 @@ def _text(value) -> str:
 
 def _num(value, scale: float = 1.0, suffix: str = "", spec: str = ".2f") -> str:
     return f"{value * scale:{spec}}{suffix}" if _present(value) else NA
+
+
+def _validation(r: dict) -> str:
+    """Validation macro accuracy (the split tuning and the teacher gate use), with a teacher's gate verdict."""
+    shown = _num(r.get("val_macro_acc"), 100)
+    gate = r.get("teacher_gate")
+    return shown + (f" ({gate})" if isinstance(gate, str) and gate != "pass" else "")
 
 
 def _seeds(r: dict) -> str:

@@ -121,7 +121,7 @@ def score_submission_folder(run, data, profile, eval_data, out, options, isolati
         with _progress() as bar:
             tick = _Bar(bar)
             if (clips["label"] >= 0).all():
-                calib = _calibration(store, manifest, info.get("validation")) if options.int8 else None
+                calib = _calibration(store, manifest, info.get("validation"))  # INT8 calibration, val_macro_acc
                 result = score_submission(sub, store, manifest, manifest.test_split, calib, options, tick)
                 logits, complexity, scores = result.logits, result.complexity, result.scores
             else:

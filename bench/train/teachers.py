@@ -76,9 +76,11 @@ def _check_teachers(cfg) -> None:
 
 GATE = Schema("gate", {
     "floor": Key(float, None, "quality gate: the validation macro accuracy (a fraction) a teacher must reach — "
-                 "set it to the un-distilled student's (`val_macro_acc` of its row); none: no gate"),
-    "gate": Key(str, "flag", "a teacher below the floor is flagged on the board, or also left out of the ensemble",
-                choices=("flag", "exclude")),
+                 "set it to the un-distilled student's (`val_macro_acc` of its row); none: no floor"),
+    "max_class_share": Key(float, None, "quality gate: the largest share of the validation predictions one class may "
+                           "take (a collapsed teacher predicts a few classes for everything); none: no check"),
+    "gate": Key(str, "flag", "a teacher that fails the gate is flagged on the board, or also left out of the "
+                "ensemble", choices=("flag", "exclude")),
 })
 STAGE_ONLY = ("teachers", *GATE.keys)  # keys of the stage table that are not every teacher's defaults
 SHARED = ("pretrain", "pretrained")  # teacher keys the stage table may set for every teacher
@@ -208,7 +210,6 @@ def teacher_entry(ctx: StageContext, cfg: dict[str, Any], corpus: tuple[dict[str
 class TrainedTeacher:
     logits: torch.Tensor       # on the training split: fit clips, then validation clips
     cached: bool
-    val_macro_acc: float | None
     budget: list[dict[str, Any]]  # its fits (pre-training included): steps and samples seen
 
 
@@ -222,7 +223,7 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> TrainedTeacher:
         if hit:
             note_dependencies(entry.info["dependencies"])  # the stage depends on the code that trained the teacher
             budget = [{**b, "cached": True} for b in entry.info.get("budget", [])]
-            return TrainedTeacher(entry.load_artifacts()["logits"], True, entry.info.get("val_macro_acc"), budget)
+            return TrainedTeacher(entry.load_artifacts()["logits"], True, budget)
         ctx.env.console.print(f"    teacher {cfg['name']}: training ({'; '.join(reasons)})")
         entry.prepare_work(ctx.env.console)
         start, first = time.perf_counter(), len(ctx.budget)
@@ -241,18 +242,38 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> TrainedTeacher:
             logits = predict_logits(model, train)
         budget += _fits_since(ctx, first, key=entry.key, teacher=cfg["name"])
         n_fit = len(ctx.clips("fit"))
-        labels = train.labels[n_fit:]
-        val_acc = macro_accuracy(labels, logits[n_fit:].argmax(1).numpy() == labels, len(ctx.classes)) \
-            if len(train) > n_fit else None
         entry.store({"rows": torch.from_numpy(train.rows.copy()), "logits": logits, "weights": model.state_dict()},
-                    recorder, time.perf_counter() - start, val_macro_acc=val_acc, budget=budget,
-                    logits_bytes=logits.numel() * 4)
-    return TrainedTeacher(logits, False, val_acc, budget)
+                    recorder, time.perf_counter() - start, budget=budget, logits_bytes=logits.numel() * 4,
+                    **validation_quality(logits[n_fit:], train.labels[n_fit:], list(ctx.classes)))
+    return TrainedTeacher(logits, False, budget)
 
 
-def gate_verdict(val_macro_acc: float | None, floor: float | None, gate: str) -> str:
-    """``pass``, ``flagged`` (below the floor, kept) or ``excluded`` (below the floor, left out of the ensemble)."""
-    if floor is None or val_macro_acc is None or val_macro_acc >= floor:
+def validation_quality(logits: torch.Tensor, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """A teacher's validation macro accuracy and the class its predictions favour most (with its share: a collapsed
+    teacher sends most clips to one or two classes)."""
+    if not len(labels):
+        return {"val_macro_acc": None, "top_class": None, "top_class_share": None}
+    predicted = logits.argmax(1).numpy()
+    counts = np.bincount(predicted, minlength=len(classes))
+    return {"val_macro_acc": macro_accuracy(labels, predicted == labels, len(classes)),
+            "top_class": classes[int(counts.argmax())], "top_class_share": float(counts.max() / len(predicted))}
+
+
+def gate_failures(quality: dict[str, Any], floor: float | None, max_class_share: float | None) -> list[str]:
+    """Why a teacher fails the quality gate (empty: it passes, or it has no validation clips to judge)."""
+    acc, share = quality["val_macro_acc"], quality["top_class_share"]
+    failures = []
+    if floor is not None and acc is not None and acc < floor:
+        failures.append(f"validation macro accuracy {100 * acc:.1f} % < floor {100 * floor:.1f} %")
+    if max_class_share is not None and share is not None and share > max_class_share:
+        failures.append(f"collapsed: {100 * share:.0f} % of validation predictions are {quality['top_class']} "
+                        f"(> {100 * max_class_share:.0f} %)")
+    return failures
+
+
+def gate_verdict(failures: list[str], gate: str) -> str:
+    """``pass``, ``flagged`` (failed the gate, kept) or ``excluded`` (failed it, left out of the ensemble)."""
+    if not failures:
         return "pass"
     return "excluded" if gate == "exclude" else "flagged"
 
@@ -262,31 +283,36 @@ def teacher_stage(ctx: StageContext) -> dict[str, Any]:
     """Stage body: every teacher of the stage's ``teachers`` list, through the quality gate."""
     out: dict[str, Any] = {"rows": torch.from_numpy(ctx.clips("train").rows.copy()), "logits": {}, "cached": {},
                            "quality": {}, "budget": {}}
-    floor, gate = ctx.config["floor"], ctx.config["gate"]
+    floor, max_share, gate = ctx.config["floor"], ctx.config["max_class_share"], ctx.config["gate"]
+    n_fit, val_labels = len(ctx.clips("fit")), ctx.clips("val").labels
     for cfg in teacher_configs(ctx, ctx.stage):
         name = cfg["name"]
         teacher = train_teacher(ctx, cfg)
         ctx.add_budget(teacher.budget)
-        verdict = gate_verdict(teacher.val_macro_acc, floor, gate)
+        quality = validation_quality(teacher.logits[n_fit:], val_labels, list(ctx.classes))
+        failures = gate_failures(quality, floor, max_share)
+        verdict = gate_verdict(failures, gate)
         out["cached"][name] = teacher.cached
         out["budget"][name] = teacher.budget
-        out["quality"][name] = {"val_macro_acc": teacher.val_macro_acc, "floor": floor, "gate": verdict}
-        shown = "n/a" if teacher.val_macro_acc is None else f"{100 * teacher.val_macro_acc:.1f} %"
+        out["quality"][name] = {**quality, "floor": floor, "max_class_share": max_share, "gate": verdict,
+                                "failures": failures}
+        acc = quality["val_macro_acc"]
+        shown = "n/a" if acc is None else f"{100 * acc:.1f} %"
         ctx.env.console.print(f"    teacher {name}: " + ("[green]cached[/]" if teacher.cached else "trained")
-                              + f", validation macro accuracy {shown}" + ("" if verdict == "pass" else
-                                                                         f" [yellow]{verdict}: below the floor "
-                                                                         f"{100 * floor:.1f} %[/]"))
+                              + f", validation macro accuracy {shown}"
+                              + ("" if acc is None else f", top class {quality['top_class']} "
+                                 f"{100 * quality['top_class_share']:.0f} %")
+                              + ("" if verdict == "pass" else f" [yellow]{verdict}: {'; '.join(failures)}[/]"))
         if verdict == "flagged":
-            ctx.note(f"teacher {name} is below the quality floor ({shown} < {100 * floor:.1f} % validation macro "
-                     "accuracy) and still in the ensemble")
+            ctx.note(f"teacher {name} fails the quality gate ({'; '.join(failures)}) and is still in the ensemble")
         if verdict == "excluded":
-            ctx.note(f"teacher {name} left out of the ensemble: {shown} < floor {100 * floor:.1f} %")
+            ctx.note(f"teacher {name} left out of the ensemble: {'; '.join(failures)}")
             continue
         out["logits"][name] = teacher.logits
     if not out["logits"] and out["quality"]:
-        scores = ", ".join(f"{n} {q['val_macro_acc']:.3f}" for n, q in out["quality"].items())
-        raise StageError(f"{ctx.env.spec.name}/{ctx.stage}: every teacher is below the floor {floor} ({scores}); "
-                         "lower `floor`, set gate = \"flag\", or train better teachers")
+        reasons = "; ".join(f"{n}: {', '.join(q['failures'])}" for n, q in out["quality"].items())
+        raise StageError(f"{ctx.env.spec.name}/{ctx.stage}: every teacher fails the quality gate ({reasons}); "
+                         "lower `floor`, raise `max_class_share`, set gate = \"flag\", or train better teachers")
     ctx.report("teachers", {"quality": out["quality"], "budget": out["budget"]})
     return out
 
