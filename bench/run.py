@@ -77,10 +77,15 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
                variant: str | None = None, board: Path | None = None, accelerator: str = "cpu",
                devices: int = 1, train_split: str | None = None, progress: bool = True, num_nodes: int = 1,
                console: Console | None = None, score_options: ScoreOptions | None = None,
-               splits_dir: str | None = None) -> RunResult:
+               splits_dir: str | None = None, until: str | None = None) -> RunResult:
+    """Train every stage of a system (cached ones reused), build its submissions, score them on the test split and
+    append the rows to ``board``. ``until`` stops after that stage: nothing is built or scored, so a recipe can be
+    tuned on what the stages report on the validation split (e.g. the teachers' accuracy) without a test number."""
     console = console or Console()
     spec = load_system(system)
     check_system(spec)  # every profile and variant, before anything trains
+    if until is not None and until not in spec.stages:
+        raise StageError(f"{spec.name}: --until {until!r} is not one of its stages ({', '.join(spec.stages)})")
     if board is not None:
         check_board(board)  # a board that cannot take the rows is refused now, not after training
     resolved = spec.resolve(profile, variant)
@@ -109,6 +114,11 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
                   f"{manifest.name}: {len(run_data.fit)} training / {len(run_data.val)} validation clips; "
                   f"run folder {run_dir}")
 
+    validation = {"split": split, "fraction": val_fraction,
+                  "locations": sorted(run_data.val.frame["identifier"].dropna().unique().tolist())}
+    record = {"system": spec.name, "system_folder": str(spec.path), "profile": profile, "variant": variant,
+              "seed": seed, "dataset": manifest.name, "dataset_fingerprint": store.fingerprint, "train_split": split,
+              "validation": validation, "started_at": started.isoformat()}
     result = RunResult(run_dir)
     previous: dict[str, dict[str, Any]] = {}
     upstream: dict[str, str] = {}
@@ -124,6 +134,12 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
         console.print(f"  stage [bold]{stage}[/]: " + (f"[green]cached[/] (trained earlier in {outcome.wall_s:.0f} s "
                                                        f"by {_who(outcome)}; all inputs unchanged)"
                                                        if outcome.reused else f"trained in {outcome.wall_s:.1f} s"))
+        if stage == until:
+            _copy_reports(outcomes, run_dir)
+            _write_record(run_dir, record, result, None, until=until)
+            console.print(f"  stopped after stage [bold]{until}[/] (--until): nothing built or scored on the test "
+                          f"split; the stages' validation reports are in {run_dir / 'reports'}")
+            return result
 
     ctx = StageContext(env, "", run_dir, previous)
     try:
@@ -134,8 +150,6 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     except Exception as exc:  # plugin code: report it, the trained stages stay cached
         raise StageError(f"{spec.name}: building the submission raised {type(exc).__name__}: {exc}") from exc
     chash = digest_of({"resolved": resolved, "system_files": spec.files()})
-    validation = {"split": split, "fraction": val_fraction,
-                  "locations": sorted(run_data.val.frame["identifier"].dropna().unique().tolist())}
     main = submissions[""][0]
     if isinstance(main, ModelSubmission):
         save_submission(main, run_dir / "submission",
@@ -176,14 +190,7 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
                                                     default=str))
     if board is not None:
         append_rows(board, result.rows)
-    (run_dir / "run.json").write_text(json.dumps({
-        "system": spec.name, "system_folder": str(spec.path), "profile": profile, "variant": variant, "seed": seed,
-        "dataset": manifest.name, "dataset_fingerprint": store.fingerprint, "train_split": split,
-        "validation": validation, "started_at": started.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(), "stages": result.stages,
-        "board": str(board) if board is not None else None,
-        "rows": [{"row_id": r["row_id"], "submission": r["submission"], "status": r["status"],
-                  "macro_acc": r["macro_acc"]} for r in result.rows]}, indent=2, default=str))
+    _write_record(run_dir, record, result, board)
     return result
 
 
@@ -218,6 +225,15 @@ def _stage_record(stage: str, outcome: StageOutcome) -> dict[str, Any]:
             "trained_by": info.get("trained_by"), "cache_dir": str(outcome.entry.dir),
             "reasons": outcome.reasons, "notes": outcome.notes,
             "budget": {**budget_columns(outcome.budget), "fits": outcome.budget}}
+
+
+def _write_record(run_dir: Path, record: dict[str, Any], result: RunResult, board: Path | None, **extra) -> None:
+    """``<run>/run.json``: what ran, on what, which stages (and why they ran), and the rows it wrote."""
+    (run_dir / "run.json").write_text(json.dumps({
+        **record, **extra, "finished_at": datetime.now(timezone.utc).isoformat(), "stages": result.stages,
+        "board": str(board) if board is not None else None,
+        "rows": [{"row_id": r["row_id"], "submission": r["submission"], "status": r["status"],
+                  "macro_acc": r["macro_acc"]} for r in result.rows]}, indent=2, default=str))
 
 
 def _copy_reports(outcomes: dict[str, StageOutcome], run_dir: Path) -> None:

@@ -25,11 +25,12 @@ def list_runs(system: str | None = None) -> list[dict[str, Any]]:
 
 
 def find_run(arg: str | Path) -> Path:
-    """A run folder from a path, or ``latest`` / ``latest:<system>`` for the newest run."""
+    """A run folder from a path, or ``latest`` / ``latest:<system>`` for the newest run that built a submission
+    (a ``--until`` run stops before that)."""
     text = str(arg)
     if text == "latest" or text.startswith("latest:"):
-        runs = list_runs(text.partition(":")[2] or None)
+        runs = [r for r in list_runs(text.partition(":")[2] or None) if not r.get("until")]
         if not runs:
-            raise FileNotFoundError(f"{text}: no finished runs under {runs_dir()}")
+            raise FileNotFoundError(f"{text}: no finished runs with a submission under {runs_dir()}")
         return Path(runs[0]["run_dir"])
     return Path(arg)

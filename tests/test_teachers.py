@@ -103,8 +103,16 @@ def test_pretraining_is_shared_drops_the_head_and_every_row_counts_its_budget(tm
 
 
 def test_the_gate_flags_or_excludes_teachers_below_the_floor(tmp_path, smoke_dataset):
-    flagged = run_system(write(tmp_path / "flag", 0.99, "flag"), str(smoke_dataset), "smoke", board=None,
-                         progress=False, score_options=FAST)
+    system = write(tmp_path / "flag", 0.99, "flag")
+    tuning = run_system(system, str(smoke_dataset), "smoke", board=None, progress=False, until="teachers")
+    assert tuning.rows == [] and not (tuning.run_dir / "submission").exists()  # nothing scored on test
+    assert json.loads((tuning.run_dir / "run.json").read_text())["until"] == "teachers"
+    report = json.loads((tuning.run_dir / "reports" / "teachers-teachers.json").read_text())
+    assert {q["gate"] for q in report["quality"].values()} == {"flagged"}
+    with pytest.raises(StageError, match="--until 'distill' is not one of its stages \\(teachers\\)"):
+        run_system(system, str(smoke_dataset), "smoke", board=None, progress=False, until="distill")
+    flagged = run_system(system, str(smoke_dataset), "smoke", board=None, progress=False, score_options=FAST)
+    assert flagged.stages[0]["reused"]
     quality = torch.load(Path(flagged.stages[0]["cache_dir"]) / "artifacts.pt", weights_only=True)["quality"]
     assert {q["gate"] for q in quality.values()} == {"flagged"}
     assert "half-a fails the quality gate (validation macro accuracy" in flagged.rows[0]["notes"]

@@ -90,6 +90,8 @@ def run(system: str = typer.Argument(..., help="system folder (e.g. systems/base
                                                              "anything else is recorded with the results)"),
         splits_dir: Optional[str] = typer.Option(None, help="folder holding split25.csv/test.csv when they are not "
                                                             "next to the data"),
+        until: Optional[str] = typer.Option(None, help="stop after this stage (e.g. teachers): nothing is built or "
+                                                       "scored, for tuning on the validation split"),
         progress: bool = typer.Option(True, help="show training progress bars"),
         int8: bool = typer.Option(True, help="also quantize float submissions to INT8 (static PTQ) and score that"),
         energy: bool = typer.Option(True, help="also measure inference energy per clip"),
@@ -104,7 +106,8 @@ def run(system: str = typer.Argument(..., help="system folder (e.g. systems/base
         console = err.get() if as_json else out.get()
         kwargs = dict(data=data, profile=profile, variant=variant, accelerator=accelerator, devices=devices,
                       train_split=train_split, progress=progress and not as_json, num_nodes=num_nodes,
-                      score_options=ScoreOptions(seed=seed_list[0], int8=int8, energy=energy), splits_dir=splits_dir)
+                      score_options=ScoreOptions(seed=seed_list[0], int8=int8, energy=energy), splits_dir=splits_dir,
+                      until=until)
         try:
             if len(seed_list) == 1:
                 results, aggregates = [run_system(system, seed=seed_list[0], board=target, console=console,
