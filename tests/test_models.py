@@ -14,6 +14,7 @@ from torchinfo import summary
 from bench.models import create_model, list_models
 from bench.models.frontends import CpMel, preemphasis
 from bench.models.passt import load_passt_checkpoint
+from bench.models.pretrained import HEAD_PREFIXES, load_pretrained
 from bench.models.resnorm import ResidualNorm
 
 ONE_SECOND = 32_000
@@ -183,6 +184,19 @@ def test_load_passt_checkpoint_replaces_head_explicitly(tmp_path):
     torch.save(source, tmp_path / "partial.pt")
     with pytest.raises(KeyError, match="norm.bias"):
         load_passt_checkpoint(create_model("passt_tiny"), tmp_path / "partial.pt")
+
+
+@pytest.mark.parametrize("arch", ["passt_tiny", "cpresnet_half", "cpmobile_baseline"])
+def test_pretrained_weights_load_with_every_classifier_head_dropped(arch):
+    """Corpus pre-training (36 event classes) into a 10-scene model: each head over the classes is dropped —
+    PaSST's distillation-token head too — and everything else loads as it was."""
+    pre = create_model(arch, n_classes=36)
+    model = create_model(arch, n_classes=10)
+    dropped = load_pretrained(model, pre.state_dict())
+    state = model.state_dict()
+    assert dropped and all(k.startswith(HEAD_PREFIXES) for k in dropped)
+    assert all(torch.equal(state[k], v) for k, v in pre.state_dict().items() if k not in dropped)
+    assert all(state[k].shape[0] == 10 for k in dropped if k.endswith("weight") and state[k].dim() == 2)
 
 
 # --- Residual Normalization ----------------------------------------------------------------------------------------

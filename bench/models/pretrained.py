@@ -8,7 +8,8 @@ import torch
 
 from bench.models.base import ASCModel
 
-HEAD_PREFIXES = ("net.head.",)  # every registry network names its classifier ``head``
+# every registry network names its classifier ``head``; PaSST has a second one on its distillation token
+HEAD_PREFIXES = ("net.head.", "net.head_dist.")
 
 
 def load_pretrained(model: ASCModel, state: Mapping[str, torch.Tensor],
