@@ -241,10 +241,8 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> TrainedTeacher:
             train = ctx.clips("train")
             logits = predict_logits(model, train)
         budget += _fits_since(ctx, first, key=entry.key, teacher=cfg["name"])
-        n_fit = len(ctx.clips("fit"))
         entry.store({"rows": torch.from_numpy(train.rows.copy()), "logits": logits, "weights": model.state_dict()},
-                    recorder, time.perf_counter() - start, budget=budget, logits_bytes=logits.numel() * 4,
-                    **validation_quality(logits[n_fit:], train.labels[n_fit:], list(ctx.classes)))
+                    recorder, time.perf_counter() - start, budget=budget, logits_bytes=logits.numel() * 4)
     return TrainedTeacher(logits, False, budget)
 
 
