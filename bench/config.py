@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 REQUIRED = object()  # sentinel default: the key must be given
@@ -100,6 +100,20 @@ def reads(*schemas: Schema, extra: Mapping[str, Key] | None = None) -> Callable:
         return fn
 
     return mark
+
+
+def deep_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """``b`` over ``a``, key by key; nested tables merge the same way (a variant changes one key of a table)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def optional(schema: Schema, name: str) -> Schema:
+    """``schema`` with no required key (an override table that only changes what it names)."""
+    return Schema(name, {k: replace(spec, default=None) if spec.required else spec for k, spec in schema.keys.items()},
+                  schema.checks)
 
 
 def declared(fn: Callable) -> Schema:

@@ -17,11 +17,13 @@ from bench.config import Key, Schema
 
 REDUCTIONS = ("mean", "batchmean")
 SOFT_TARGETS = ("kl", "ce")
-KD_MODES = ("fused", "average", "none")
+KD_MODES = ("fused", "average", "per_device", "none")
 
 KD = Schema("kd", {
-    "kd": Key(str, "average", "teacher targets: DS-FlexiNet's learned fusion, the plain average, or no distillation",
-              choices=KD_MODES),
+    "kd": Key(str, "average", "teacher targets: DS-FlexiNet's learned fusion, the (weighted) average, teacher weights "
+              "per recording device fitted on validation, or no distillation", choices=KD_MODES),
+    "kd_teachers": Key(list, None, "names of the teachers distilled from (default: every teacher the gate kept)"),
+    "kd_weights": Key(dict, None, "weight per teacher name for kd = \"average\" (normalised to sum 1; default equal)"),
     "kd_lambda": Key(float, 0.02, "weight of the label term (the soft term gets 1 - kd_lambda)"),
     "kd_temperature": Key(float, 2.0, "softmax temperature of the soft term"),
     "kd_reduction": Key(str, "mean", "soft-term reduction: element-wise mean (CP-JKU) or sum over classes",
@@ -91,9 +93,64 @@ def _stack(logits_list: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.as_tensor(z) for z in logits_list])
 
 
-def average_logits(logits_list: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The CP-JKU/EASY ensemble: mean of the teachers' raw logits."""
-    return _stack(logits_list).float().mean(dim=0)
+def average_logits(logits_list: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
+    """The CP-JKU/EASY ensemble: mean of the teachers' raw logits; with ``weights``, their weighted mean (the
+    weights are normalised to sum 1)."""
+    z = _stack(logits_list).float()
+    if weights is None:
+        return z.mean(dim=0)
+    w = torch.as_tensor(weights, dtype=torch.float32)
+    if w.shape != (z.shape[0],) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"need one non-negative weight per teacher ({z.shape[0]}), not all zero; got {w.tolist()}")
+    return torch.einsum("knc,k->nc", z, w / w.sum())
+
+
+class DeviceWeights:
+    """Teacher weights per recording device: for each device with labelled clips, the convex combination of the
+    teachers' logits (``softmax(a)``) that minimises cross-entropy on that device's clips plus ``l2 * ||a||**2``
+    (shrinking toward equal weights, which a device with few clips keeps); devices without clips get the weights
+    fitted on all clips. Our reading of Jeong & Kim's "adaptive" ensemble, whose weighting is not public. Fitted on
+    validation clips only (``fit`` refuses a test split)."""
+
+    def __init__(self, l2: float = 1e-2, max_iter: int = 100):
+        self.l2, self.max_iter = float(l2), int(max_iter)
+        self.weights: dict[str, list[float]] = {}
+        self.overall: list[float] = []
+
+    def _fit_one(self, z: torch.Tensor, y: torch.Tensor) -> list[float]:
+        a = torch.zeros(z.shape[0], dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([a], lr=1.0, max_iter=self.max_iter, line_search_fn="strong_wolfe")
+
+        def objective() -> torch.Tensor:
+            opt.zero_grad()
+            value = F.cross_entropy(torch.einsum("knc,k->nc", z, a.softmax(0)), y) + self.l2 * a.pow(2).sum()
+            value.backward()
+            return value
+
+        opt.step(objective)
+        return a.detach().softmax(0).tolist()
+
+    def fit(self, logits_list: Sequence[torch.Tensor], labels: torch.Tensor, devices: Sequence[str], *,
+            split: str) -> "DeviceWeights":
+        if "test" in split.lower():
+            raise ValueError(f"DeviceWeights.fit refuses split {split!r}: fit on validation clips, never on test")
+        z = _stack(logits_list).detach().cpu().double()
+        y = torch.as_tensor(labels).long()
+        devices = list(devices)
+        self.overall = self._fit_one(z, y)
+        for d in sorted(set(devices)):
+            idx = torch.tensor([i for i, x in enumerate(devices) if x == d])
+            self.weights[d] = self._fit_one(z[:, idx], y[idx])
+        return self
+
+    def transform(self, logits_list: Sequence[torch.Tensor], devices: Sequence[str]) -> torch.Tensor:
+        """Per-clip weighted logits: each clip gets its device's weights."""
+        z = _stack(logits_list).float()
+        w = torch.tensor([self.weights.get(d, self.overall) for d in devices], dtype=torch.float32)  # [N, K]
+        return torch.einsum("knc,nk->nc", z, w)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"per_device": self.weights, "overall": self.overall, "l2": self.l2}
 
 
 class TeacherFusion:

@@ -18,8 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.config import (ConfigError, Key, Schema, StageConfig, check_table, check_value, declared, merge,
-                          unknown_key_message, with_defaults)
+from bench.config import (ConfigError, Key, Schema, StageConfig, check_table, check_value, declared, deep_merge,
+                          merge, unknown_key_message, with_defaults)
 from bench.identity import folder_files
 from bench.loaded_systems import register_folder
 from bench.paths import find_system, system_search_roots
@@ -86,12 +86,12 @@ class SystemSpec:
         Variants combine with ``+`` (``sm4+no_kd``), applied left to right."""
         if profile not in self.profiles:
             raise SystemError_(f"{self.toml_path}: no profile {profile!r} (has: {', '.join(self.profiles)})")
-        cfg = _merge(self.defaults, self.profiles[profile])
+        cfg = deep_merge(self.defaults, self.profiles[profile])
         for name in self.variant_names(variant):
             if name not in self.variants:
                 raise SystemError_(f"{self.toml_path}: no variant {name!r} (has: "
                                    f"{', '.join(sorted(self.variants)) or 'none'})")
-            cfg = _merge(cfg, self.variants[name])
+            cfg = deep_merge(cfg, self.variants[name])
         unknown = sorted(set(cfg.get("seed_shared_stages") or []) - set(self.stages))
         if unknown:
             raise SystemError_(f"{self.toml_path}: seed_shared_stages names {', '.join(unknown)}, which "
@@ -105,7 +105,7 @@ class SystemSpec:
     def _config(self, resolved: dict[str, Any], table: dict[str, Any], schema: Schema, owner: str,
                 where: str) -> StageConfig:
         shared = {k: v for k, v in resolved.items() if k not in self.stages}
-        merged = _merge(shared, table)
+        merged = deep_merge(shared, table)
         values = with_defaults({k: v for k, v in merged.items() if k in schema.keys}, schema, str(self.toml_path),
                                where)
         for check in schema.checks:
@@ -155,13 +155,6 @@ class SystemSpec:
                 self.stage_config(resolved, stage, f"{label}: {stage}")
             self.submission_config(resolved, f"{label}: submission")
         return combos
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def load_system(path: str | Path) -> SystemSpec:

@@ -44,3 +44,12 @@ def smoke_store(smoke_dataset):
 
     return prepare(smoke_dataset).store
 
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "heavy: a test of 10 s or more (a whole run, a package in the sandbox); "
+                                       "scheduled first, so the two workers end together instead of one waiting")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable: file order otherwise

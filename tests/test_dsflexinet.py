@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import shutil
 
@@ -10,6 +12,7 @@ from bench.run import run_system
 from bench.score.leaderboard import read_board
 
 
+@pytest.mark.heavy
 def test_dsflexinet_smoke_end_to_end_and_teacher_cache_shared(tmp_path, smoke_dataset):
     board = tmp_path / "board.parquet"
     first = run_system("systems/dsflexinet", str(smoke_dataset), "smoke", board=board, progress=False)

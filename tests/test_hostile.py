@@ -248,6 +248,7 @@ def hostile(tmp_path_factory, smoke_dataset, smoke_store):
 
 
 @needs_bwrap
+@pytest.mark.heavy
 def test_hostile_packages_neither_cheat_nor_damage_and_a_crash_costs_only_its_row(hostile, smoke_dataset,
                                                                                   smoke_store):
     root, board, marker = hostile
@@ -281,6 +282,7 @@ def test_the_package_sees_only_its_clips_under_neutral_names(hostile, smoke_data
 
 
 @needs_bwrap
+@pytest.mark.heavy
 def test_weights_in_buffers_are_hidden_parameters_and_not_compliant(hostile, smoke_dataset, tmp_path):
     root, _, _ = hostile
     result = score(root, "Sneaky_task1:2", smoke_dataset, tmp_path / "b.parquet")
@@ -292,6 +294,7 @@ def test_weights_in_buffers_are_hidden_parameters_and_not_compliant(hostile, smo
     assert gate.exit_code == 1 and "hidden parameters" in json.dumps(json.loads(gate.stdout)["reasons"])
 
 
+@pytest.mark.heavy
 def test_without_bubblewrap_untrusted_code_is_refused_unless_asked(hostile, smoke_dataset, tmp_path):
     root, _, _ = hostile
     env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # no /usr/bin: no bwrap

@@ -11,10 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from bench.paths import REPO_ROOT
 from test_run import TINY_SYSTEM, TINY_TOML
 
 
+@pytest.mark.heavy
 def test_wheel_in_a_fresh_environment_lists_systems_and_runs_from_tmp(tmp_path, smoke_dataset):
     source, wheels = tmp_path / "source", tmp_path / "wheels"  # built from a copy: the build writes build/ dirs
     shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", ".ci-venv", "build", "runs",

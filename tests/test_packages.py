@@ -145,6 +145,7 @@ def test_package_arguments_and_discovery(packages):
 
 # ---- end to end --------------------------------------------------------------------------------------------------
 
+@pytest.mark.heavy
 def test_fixture_package_scores_end_to_end_like_in_process(packages, eval_set, smoke_dataset, tmp_path):
     board, out = tmp_path / "board.parquet", tmp_path / "out"
     result = runner.invoke(app, ["score", "--package", "Fixture_task1", "--path", str(packages),
@@ -206,6 +207,7 @@ BROKEN = {  # module -> (timeout s, what the one-line reason must say)
 }
 
 
+@pytest.mark.heavy
 def test_broken_packages_become_failed_results_with_reasons(packages, smoke_dataset, smoke_store):
     data = package_data(open_dataset(smoke_dataset), smoke_store)
     specs = discover("Broken_task1", packages) + discover("Fragile_task1", packages)
@@ -239,6 +241,7 @@ def test_failed_package_is_recorded_and_the_board_kept(packages, smoke_dataset, 
     assert list(rows["status"]) == ["ok", "failed"]
 
 
+@pytest.mark.heavy
 def test_exported_submission_scores_identically_as_a_package(smoke_dataset, tmp_path):
     torch.manual_seed(0)
     general, device_a = create_model("cpmobile_baseline"), create_model("cpmobile_baseline")
@@ -284,6 +287,7 @@ def test_an_own_subfolder_imported_as_a_top_level_module_gets_a_sys_path_hint(tm
     assert other.endswith("pip install scikit-learn")
 
 
+@pytest.mark.heavy
 def test_exported_int8_package_scores_the_complexity_of_its_submission_and_is_not_requantized(smoke_dataset,
                                                                                                tmp_path):
     """torchinfo sees 0 MACs in a converted model: the exported package hands the float twin to the counter

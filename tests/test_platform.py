@@ -318,6 +318,7 @@ def submission(ctx):
 '''
 
 
+@pytest.mark.heavy
 def test_device_models_keep_kd_resume_the_optimizer_and_keep_their_best_epoch(tmp_path, smoke_dataset, smoke_store):
     folder = write_system(tmp_path / "devices", DEVICES_TOML, DEVICES_PY)
     result = run_system(folder, str(smoke_dataset), "smoke", board=tmp_path / "b.parquet", progress=False,

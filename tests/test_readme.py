@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 
+import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
@@ -32,6 +33,7 @@ def test_one_install_run_and_test_command():
     assert re.search(r"<!-- run -->\n```bash\nbench run systems/dsflexinet\n", README)
 
 
+@pytest.mark.heavy
 def test_worked_system_example_runs_and_its_submission_is_usable(tmp_path, smoke_dataset):
     """The example's network lives in its system.py; its saved submission is re-scored, checked and exported,
     and the exported package (carrying the system's code) scores the same logits."""

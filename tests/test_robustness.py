@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
@@ -61,6 +62,7 @@ def _system(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.heavy
 def test_two_runs_of_one_uncached_configuration_at_once_share_the_work_and_both_rows_land(tmp_path,
                                                                                          smoke_dataset):
     folder, board = _system(tmp_path), tmp_path / "board.parquet"

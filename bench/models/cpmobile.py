@@ -9,7 +9,7 @@ from torch import nn
 
 from bench.models import register
 from bench.models.base import ASCModel
-from bench.models.frontends import TorchaudioLogMel
+from bench.models.frontends import CpMel, TorchaudioLogMel
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -93,6 +93,21 @@ def build_cpmobile(n_classes: int, base_channels: int, channels_multiplier: floa
     return ASCModel(TorchaudioLogMel(n_mels=n_mels, hop_length=hop_length, freqm=freqm), net)
 
 
-register("cpmobile_baseline", build_cpmobile, n_classes=10, base_channels=32, channels_multiplier=1.8,
-         expansion_rate=2.1, n_blocks=(3, 2, 1), strides={"b2": (1, 1), "b3": (1, 2), "b4": (2, 1)}, freqm=0,
-         n_mels=256, hop_length=500)
+def build_cpmobile_passt_mel(n_classes: int, base_channels: int, channels_multiplier: float, expansion_rate: float,
+                             n_blocks: tuple, strides: dict, n_mels: int, n_fft: int, win_length: int,
+                             hop_length: int, freqm: int, timem: int) -> ASCModel:
+    """The same network on the PaSST-style front-end of Jeong & Kim's DCASE 2025 package
+    (wa976/dcase2025_task1_inference, models/processor.py = kkoutini/PaSST models/preprocess.py)."""
+    net = CPMobileNet(n_classes, base_channels, channels_multiplier, expansion_rate, tuple(n_blocks), strides)
+    return ASCModel(CpMel(n_mels=n_mels, n_fft=n_fft, win_length=win_length, hop_length=hop_length, freqm=freqm,
+                          timem=timem), net)
+
+
+_BASELINE_NET = dict(n_classes=10, base_channels=32, channels_multiplier=1.8, expansion_rate=2.1, n_blocks=(3, 2, 1),
+                     strides={"b2": (1, 1), "b3": (1, 2), "b4": (2, 1)})
+register("cpmobile_baseline", build_cpmobile, **_BASELINE_NET, freqm=0, n_mels=256, hop_length=500)
+# Jeong & Kim's student: pre-emphasis, n_fft = window = 2048 (symmetric Hann), hop 744, 256 Kaldi mel bins up to
+# 16 kHz, (log + 4.5) / 5. At 32 kHz a 1-s clip gives 256 x 44 (their package feeds 44.1 kHz audio, un-resampled,
+# into this 32 kHz filterbank: 256 x 60). Masking (after the log) is off, as in their fine-tuning config.
+register("cpmobile_passt_mel", build_cpmobile_passt_mel, **_BASELINE_NET, n_mels=256, n_fft=2048, win_length=2048,
+         hop_length=744, freqm=0, timem=0)

@@ -182,11 +182,14 @@ class StageContext:
         return clips.of_devices(devices)
 
     def loader(self, clips: ClipSet, batch_size: int, shuffle: bool, extras: dict[str, Any] | None = None,
-               seed: int | None = None) -> torch.utils.data.DataLoader:
-        """Batches of ``clips``, shuffled from ``seed`` (default: the stage's) in a single process."""
+               seed: int | None = None, batches: str = "random") -> torch.utils.data.DataLoader:
+        """Batches of ``clips``, shuffled from ``seed`` (default: the stage's) in a single process; device-stratified
+        batches (``batches``) are seeded under DDP too (their sampler shards itself)."""
+        seed = self.seed if seed is None else seed
+        stratified = shuffle and batches == "device_stratified"
         return make_loader(clips.dataset(extras), batch_size, shuffle,
-                           seed=None if self.env.multi_process else (self.seed if seed is None else seed),
-                           drop_last=shuffle and len(clips) > batch_size)
+                           seed=seed if stratified or not self.env.multi_process else None,
+                           drop_last=shuffle and len(clips) > batch_size, batches=batches)
 
     def device_index(self, device: str) -> int:
         return list(self.data.fit.device_vocab).index(device)
@@ -253,7 +256,7 @@ class StageContext:
         run_dir.mkdir(parents=True, exist_ok=True)
         key_file.write_text(json.dumps(key))
         L.seed_everything(seed, workers=True, verbose=False)
-        train_loader = self.loader(train, opt.batch_size, True, extras(train) if extras else None, seed)
+        train_loader = self.loader(train, opt.batch_size, True, extras(train) if extras else None, seed, opt.batches)
         val_loader = self.loader(val, max(opt.batch_size, 64), False, extras(val) if extras else None) \
             if has_val else None
         callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="latest", save_last=True, save_top_k=1,
@@ -271,7 +274,8 @@ class StageContext:
             logger=CSVLogger(run_dir, name="logs", version=0), log_every_n_steps=1, callbacks=callbacks,
             enable_progress_bar=self.env.progress, enable_model_summary=False, num_sanity_val_steps=0,
             check_val_every_n_epoch=max(opt.val_every, 1), limit_val_batches=1.0 if val_loader else 0,
-            gradient_clip_val=opt.grad_clip or None, default_root_dir=run_dir)
+            gradient_clip_val=opt.grad_clip or None, default_root_dir=run_dir,
+            use_distributed_sampler=opt.batches == "random")
         if self.env.multi_process:
             blind_all()  # the training code runs in worker processes the dependency hook cannot see
         start = time.perf_counter()

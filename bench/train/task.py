@@ -37,12 +37,17 @@ OPTIM = Schema("optim", {
                     "batch; or cosine annealing with warm restarts, stepped per epoch",
                     choices=("warmup_cosine", "cosine_restarts")),
     "warmup_steps": Key(int, 0, "warm-up steps (warmup_cosine)"),
+    "warmup_ratio": Key(float, 0.0, "warm-up as a fraction of the fit's steps (warmup_cosine; used instead of "
+                        "warmup_steps when > 0)"),
     "final_lr_factor": Key(float, 0.0, "last learning rate as a fraction of lr (warmup_cosine)"),
     "restart_epochs": Key(int, 10, "epochs of the first cosine cycle, T_0 (cosine_restarts)"),
     "restart_mult": Key(int, 2, "growth of each next cycle, T_mult (cosine_restarts)"),
     "grad_clip": Key(float, 0.0, "gradient-norm clipping (0: off)"),
     "mixup_alpha": Key(float, 0.0, "mixup Beta(alpha, alpha) on features; labels and teacher targets mixed alike "
                        "(0: off)"),
+    "batches": Key(str, "random", "how clips form batches: shuffled at random, or stratified by device (every "
+                   "batch holds each device's share of the clips, so every batch has several devices)",
+                   choices=("random", "device_stratified")),
     "val_every": Key(int, 1, "validate every n epochs (0: never)"),
     "select": Key(str, "last", "weights kept at the end: the last epoch, or the epoch with the best validation "
                   "accuracy (validates every epoch)", choices=("last", "best")),
@@ -60,11 +65,13 @@ class OptimConfig:
     optimizer: str
     schedule: str
     warmup_steps: int
+    warmup_ratio: float
     final_lr_factor: float
     restart_epochs: int
     restart_mult: int
     grad_clip: float
     mixup_alpha: float
+    batches: str
     val_every: int
     select: str
 
@@ -126,19 +133,23 @@ class ClassifierTask(L.LightningModule):
         x = self.model.features(wave)
         for aug in self.feature_augment:
             x = aug(x)
-        if self.optim.mixup_alpha > 0:
-            lam = float(torch.distributions.Beta(self.optim.mixup_alpha, self.optim.mixup_alpha).sample())
-            perm = torch.randperm(x.shape[0], device=x.device)
-            logits = self.model.net(lam * x + (1 - lam) * x[perm])
-            loss = lam * self.loss_fn(logits, batch) + (1 - lam) * self.loss_fn(logits, permute_batch(batch, perm))
-        else:
-            loss = self.loss_fn(self.model.net(x), batch)
+        loss = self.batch_loss(x, batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss became {loss.item()} at step {self.global_step} (epoch "
                                      f"{self.current_epoch}); lower the learning rate or check the inputs")
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(wave))
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
+
+    def batch_loss(self, x: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss on augmented features ``x``; with mixup, ``lam * loss(batch) + (1 - lam) * loss(batch[perm])``
+        on the mixed features (labels and teacher targets mixed with the same lambda and permutation)."""
+        if self.optim.mixup_alpha > 0:
+            lam = float(torch.distributions.Beta(self.optim.mixup_alpha, self.optim.mixup_alpha).sample())
+            perm = torch.randperm(x.shape[0], device=x.device)
+            logits = self.model.net(lam * x + (1 - lam) * x[perm])
+            return lam * self.loss_fn(logits, batch) + (1 - lam) * self.loss_fn(logits, permute_batch(batch, perm))
+        return self.loss_fn(self.model.net(x), batch)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._val_logits.append(self.model(batch["wave"]).float())
@@ -178,7 +189,8 @@ class ClassifierTask(L.LightningModule):
             interval = "epoch"
         else:
             total = max(1, int(self.trainer.estimated_stepping_batches))
-            sched = warmup_cosine(opt, self.optim.warmup_steps, total, self.optim.final_lr_factor)
+            warmup = round(self.optim.warmup_ratio * total) if self.optim.warmup_ratio > 0 else self.optim.warmup_steps
+            sched = warmup_cosine(opt, warmup, total, self.optim.final_lr_factor)
             interval = "step"
         if self.initial_optimizer_state is not None:  # a copy: Adam steps its state tensors in place
             state = copy.deepcopy(self.initial_optimizer_state)

@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.config import ConfigError, Key, REQUIRED, Schema, reads, with_defaults
+from bench.config import ConfigError, Key, REQUIRED, Schema, deep_merge, optional, reads, with_defaults
 from bench.data.clips import ClipSet
-from bench.distill import KD_MODES, TeacherFusion, average_logits
+from bench.distill import KD_MODES, DeviceWeights, TeacherFusion, average_logits, kd_loss_from_config
 from bench.identity import Recorder, library_versions, note_dependencies
 from bench.models import check_model_options, create_model
 from bench.models.base import ASCModel
@@ -39,6 +39,7 @@ from bench.paths import data_home
 from bench.score.metrics import macro_accuracy
 from bench.submission import ModelSubmission
 from bench.train.cache import CacheEntry
+from bench.train.dafa import DAFA, DAFATask
 from bench.train.recipes import AUGMENT, augmentations, make_task
 from bench.train.stages import StageContext, StageError, budget_columns, external_data
 from bench.train.task import OPTIM, ClassifierTask, OptimConfig, binary_cross_entropy, cross_entropy
@@ -59,11 +60,19 @@ TEACHER = Schema("teacher", {
     "pretrain": Key(dict, None, "pre-train on a multi-label corpus first (data, seed, epochs, optimizer keys, "
                     "roll/Freq-MixStyle), then fine-tune on the scenes with the head replaced", table=PRETRAIN),
     "pretrained": Key(bool, True, "start from the `pretrain` checkpoint (false: the same teacher from scratch)"),
+    "dafa": Key(dict, None, "fine-tune with cross-entropy + Device-Aware Feature Alignment (weight, dcsl, gdal, "
+                "projection head; bench.train.dafa) — Jeong & Kim's generalization expert", table=DAFA),
 }) | OPTIM | AUGMENT
+TEACHER_OVERRIDE = optional(TEACHER, "teacher override")
 
 
 def _check_teachers(cfg) -> None:
     teachers = cfg.get("teachers") or []
+    unknown = sorted(set(cfg.get("per_teacher") or {}) - {t["name"] for t in teachers})
+    if unknown:
+        raise ConfigError(f"per_teacher names {', '.join(unknown)}, not a teacher of the stage "
+                          f"({', '.join(t['name'] for t in teachers)})")
+    teachers = [deep_merge(t, (cfg.get("per_teacher") or {}).get(t["name"], {})) for t in teachers]
     names = [t["name"] for t in teachers]
     if len(set(names)) != len(names):
         raise ConfigError(f"teachers: names must be unique, got {names}")
@@ -82,13 +91,16 @@ GATE = Schema("gate", {
     "gate": Key(str, "flag", "a teacher that fails the gate is flagged on the board, or also left out of the "
                 "ensemble", choices=("flag", "exclude")),
 })
-STAGE_ONLY = ("teachers", *GATE.keys)  # keys of the stage table that are not every teacher's defaults
+STAGE_ONLY = ("teachers", "per_teacher", *GATE.keys)  # keys of the stage table that are not every teacher's defaults
 SHARED = ("pretrain", "pretrained")  # teacher keys the stage table may set for every teacher
 
 TEACHERS = Schema("teachers", {
     "teachers": Key(list, [], "one table per teacher (name, model, seed, epochs, optimizer and augmentation keys, "
                     "model_options, checkpoint or pretrain); the stage table's other keys are every teacher's "
                     "defaults", table=TEACHER),
+    "per_teacher": Key(dict, {}, "changes to teachers by name, merged into their entries table by table (a variant "
+                       "that changes one teacher of every profile: { expert = { name = \"expert-dcsl\", dafa = "
+                       "{ gdal = 0.0 } } })", table=TEACHER_OVERRIDE, mapping=True),
 }, checks=(_check_teachers,)) | GATE | Schema("shared", {k: TEACHER.keys[k] for k in SHARED}) | OPTIM | AUGMENT
 
 
@@ -107,9 +119,10 @@ def teacher_configs(ctx: StageContext, stage: str) -> list[dict[str, Any]]:
     settings never change a teacher's cache key."""
     table = ctx.env.resolved.get(stage, {})
     common = {k: v for k, v in table.items() if k not in STAGE_ONLY}
+    changes = table.get("per_teacher") or {}
     where = str(ctx.env.spec.toml_path)
-    return [with_defaults({**common, **t}, TEACHER, where, f"{stage}.teachers[{i}]")
-            for i, t in enumerate(table.get("teachers", []))]
+    return [with_defaults(deep_merge({**common, **t}, changes.get(t["name"], {})), TEACHER, where,
+                          f"{stage}.teachers[{i}]") for i, t in enumerate(table.get("teachers", []))]
 
 
 @torch.inference_mode()
@@ -206,6 +219,15 @@ def teacher_entry(ctx: StageContext, cfg: dict[str, Any], corpus: tuple[dict[str
     return CacheEntry(data_home() / "cache" / "teachers", cfg["name"], static)
 
 
+def _task(ctx: StageContext, model: ASCModel, cfg: dict[str, Any]) -> ClassifierTask:
+    """Cross-entropy, or cross-entropy + DAFA for a teacher with a ``dafa`` table (and a weight above 0)."""
+    dafa = {**DAFA.defaults(), **(cfg["dafa"] or {})} if cfg["dafa"] is not None else None
+    if dafa is None or dafa["weight"] == 0:
+        return make_task(ctx, model, cfg)
+    wave, feats = augmentations(ctx, cfg)
+    return DAFATask(model, OptimConfig.from_config(cfg), dafa, wave, feats)
+
+
 @dataclass
 class TrainedTeacher:
     logits: torch.Tensor       # on the training split: fit clips, then validation clips
@@ -236,7 +258,7 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> TrainedTeacher:
                 weights, budget = pretrained_weights(ctx, cfg, *corpus)
                 load_pretrained(model, weights)
             if cfg["epochs"] > 0:
-                ctx.fit(make_task(ctx, model, cfg), ctx.clips("fit"), ctx.clips("val"), name=cfg["name"],
+                ctx.fit(_task(ctx, model, cfg), ctx.clips("fit"), ctx.clips("val"), name=cfg["name"],
                         run_dir=entry.dir / "fit", seed=_seed(ctx, cfg))
             train = ctx.clips("train")
             logits = predict_logits(model, train)
@@ -328,27 +350,58 @@ class KDTargets:
         return {"teacher_logits": self.logits[pos]}
 
 
-def kd_targets(ctx: StageContext, teachers: dict[str, Any], mode: str) -> KDTargets:
-    """Averaged or fused teacher logits; fusion is fitted on the validation clips' teacher logits."""
-    if mode not in KD_MODES[:2]:
-        raise StageError(f"kd must be one of {KD_MODES[:2]} here, got {mode!r}")
-    names = sorted(teachers["logits"])
+def kd_targets(ctx: StageContext, teachers: dict[str, Any], mode: str, names: list[str] | None = None,
+               weights: dict[str, float] | None = None) -> KDTargets:
+    """The teacher targets of ``names`` (default: every teacher the gate kept): their (weighted) average, their
+    learned fusion, or weights per device; fusion and device weights are fitted on the validation clips only."""
+    if mode not in KD_MODES[:3]:
+        raise StageError(f"kd must be one of {KD_MODES[:3]} here, got {mode!r}")
+    kept = sorted(teachers["logits"])
+    names = list(names) if names else kept
+    missing = [n for n in names if n not in kept]
+    if missing:
+        dropped = [n for n in missing if n in teachers.get("quality", {})]
+        raise StageError(f"{ctx.env.spec.name}: kd_teachers names {', '.join(missing)}, "
+                         + ("left out by the quality gate" if dropped == missing else "not a teacher of the run")
+                         + f" (teachers kept: {', '.join(kept) or 'none'})")
     if not names:
         raise StageError("distillation needs at least one teacher (profile `teachers` list is empty)")
+    unknown = sorted(set(weights or {}) - set(names))
+    if unknown:
+        raise StageError(f"{ctx.env.spec.name}: kd_weights names {', '.join(unknown)}, not among the teachers "
+                         f"distilled from ({', '.join(names)})")
     rows = teachers["rows"].numpy()
     logits = [teachers["logits"][n] for n in names]
     val = ctx.clips("val")
     pos = pd.Series(np.arange(len(rows)), index=rows)[val.rows].to_numpy(copy=True)
+    info: dict[str, Any] = {"mode": mode, "teachers": names}
     if mode == "average":
-        targets = KDTargets(rows, average_logits(logits), {"mode": mode, "teachers": names})
+        w = [float((weights or {}).get(n, 0.0 if weights else 1.0)) for n in names]
+        info["weights"] = [x / sum(w) for x in w]
+        targets = KDTargets(rows, average_logits(logits, w), info)
+    elif mode == "per_device":
+        devices = ctx.clips("train").frame.set_index("row").loc[rows, "device"].tolist()
+        fitted = DeviceWeights().fit([z[pos] for z in logits], torch.from_numpy(val.labels),
+                                     [devices[i] for i in pos], split="validation")
+        targets = KDTargets(rows, fitted.transform(logits, devices), {**info, **fitted.to_dict()})
     else:
         fusion = TeacherFusion().fit([z[pos] for z in logits], torch.from_numpy(val.labels), split="validation")
-        targets = KDTargets(rows, fusion.transform(logits), {"mode": mode, "teachers": names, **fusion.to_dict()})
+        targets = KDTargets(rows, fusion.transform(logits), {**info, **fusion.to_dict()})
     correct = targets.logits[pos].argmax(1).numpy() == val.labels
     targets.info["val_macro_acc"] = macro_accuracy(val.labels, correct, len(ctx.classes)) if len(val) else None
     targets.info["teacher_quality"] = teachers.get("quality", {})
     ctx.report("kd_targets", targets.info)
     return targets
+
+
+def distillation(ctx: StageContext, stage: str = "teachers") -> tuple[Any, Any]:
+    """(task loss, per-clip extras) of a stage that declares ``KD``: cross-entropy without distillation, else the
+    KD loss and the targets of the configured teachers (``kd``, ``kd_teachers``, ``kd_weights``)."""
+    if ctx.config["kd"] == "none":
+        return cross_entropy, None
+    targets = kd_targets(ctx, ctx.previous[stage], ctx.config["kd"], ctx.config["kd_teachers"],
+                         ctx.config["kd_weights"])
+    return kd_loss_from_config(ctx.config), targets.extras
 
 
 def teacher_submissions(ctx: StageContext, stage: str = "teachers") -> dict[str, tuple[ModelSubmission, str]]:

@@ -11,28 +11,21 @@
 from __future__ import annotations
 
 from bench.config import reads
-from bench.distill import KD, kd_loss_from_config
+from bench.distill import KD
 from bench.models import MODEL
 from bench.submission import UNKNOWN, Deployment, ModelSubmission
 from bench.train.qat import quantization_aware_training
 from bench.train.recipes import AUGMENT, make_task
-from bench.train.task import OPTIM, cross_entropy
-from bench.train.teachers import kd_targets, teacher_stage, teacher_submissions
+from bench.train.task import OPTIM
+from bench.train.teachers import distillation, teacher_stage, teacher_submissions
 
 teachers = teacher_stage
-
-
-def _loss(ctx):
-    """(task loss, per-clip extras) for the configured KD mode."""
-    if ctx.config["kd"] == "none":
-        return cross_entropy, None
-    return kd_loss_from_config(ctx.config), kd_targets(ctx, ctx.previous["teachers"], ctx.config["kd"]).extras
 
 
 @reads(MODEL, OPTIM, AUGMENT, KD)
 def distill(ctx) -> dict:
     model = ctx.create_model()
-    loss, extras = _loss(ctx)
+    loss, extras = distillation(ctx)
     ctx.fit(make_task(ctx, model, ctx.config, loss), ctx.clips("fit"), ctx.clips("val"), extras=extras)
     return {"student": model.state_dict()}
 
@@ -40,7 +33,7 @@ def distill(ctx) -> dict:
 @reads(MODEL, OPTIM, AUGMENT, KD)
 def qat(ctx) -> dict:
     model = ctx.create_model(state=ctx.previous["distill"]["student"])
-    loss, extras = _loss(ctx)
+    loss, extras = distillation(ctx)
     return quantization_aware_training(ctx, model, ctx.config, ctx.clips("fit"), ctx.clips("val"), loss, extras)
 
 
