@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import shutil
+
+import pytest
 
 from bench.paths import SYSTEMS_DIR, data_home
 from bench.run import run_system
 from bench.score.leaderboard import read_board
+from bench.score.scorer import ScoreOptions
+
+FAST = ScoreOptions(int8=False, energy=False, n_boot=10)  # where neither INT8 nor energy is under test
 
 
 @pytest.mark.heavy
@@ -41,7 +44,8 @@ def test_dsflexinet_smoke_end_to_end_and_teacher_cache_shared(tmp_path, smoke_da
     shutil.copytree(SYSTEMS_DIR / "dsflexinet", other)
     toml = other / "system.toml"
     toml.write_text(toml.read_text().replace('name = "dsflexinet"', 'name = "dsflexinet-copy"'))
-    second = run_system(other, str(smoke_dataset), "smoke", board=board, progress=False, variant="no_kd")
+    second = run_system(other, str(smoke_dataset), "smoke", board=board, progress=False, variant="no_kd",
+                        score_options=FAST)
     assert not second.stages[0]["reused"]                     # a new system: its teacher stage runs ...
     assert all(r["kind"] != "teacher" for r in second.rows)  # ... but trains (and re-scores) no teacher
     assert {p: p.stat().st_mtime_ns for pattern in own for p in teacher_cache.glob(pattern)} == before
@@ -88,7 +92,7 @@ def test_teacher_from_local_checkpoint(tmp_path, smoke_dataset, smoke_store):
     with pytest.raises(StageError, match="missing.pt not found"):
         run_system(folder, str(smoke_dataset), "smoke", board=None, progress=False)
     (folder / "system.toml").write_text(TEACHER_ONLY.replace("CKPT", str(ckpt)))
-    run_system(folder, str(smoke_dataset), "smoke", board=None, progress=False)
+    run_system(folder, str(smoke_dataset), "smoke", board=None, progress=False, score_options=FAST)
     cached = torch.load(next((data_home() / "cache" / "teachers").glob("from-file-*/artifacts.pt")), weights_only=True)
     reference.eval()
     with torch.inference_mode():

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from bench.cli import app
 from bench.paths import REPO_ROOT
 from bench.run import run_system
+from bench.score.scorer import ScoreOptions
 
 runner = CliRunner()
 
@@ -44,7 +45,8 @@ def test_worked_system_example_runs_and_its_submission_is_usable(tmp_path, smoke
     checked = runner.invoke(app, ["systems", "--check", "--root", str(tmp_path), "--json"])
     assert checked.exit_code == 0, checked.output
     assert json.loads(checked.stdout)[0]["checked"] == 2  # profiles smoke and default, no variants
-    result = run_system(folder, str(smoke_dataset), "smoke", board=tmp_path / "b.parquet", progress=False)
+    result = run_system(folder, str(smoke_dataset), "smoke", board=tmp_path / "b.parquet", progress=False,
+                        score_options=ScoreOptions(int8=False, energy=False, n_boot=20))
     row = result.rows[0]
     assert row["system"] == "mysys" and row["status"] == "ok" and row["deploy_dtype"] == "float16"
     assert row["compliant"] and row["max_macs"] > 0 and row["run_dir"] == str(result.run_dir)

@@ -209,13 +209,19 @@ def test_claims_are_re_tested_from_a_file_and_typos_refused(tmp_path, monkeypatc
     claims = tmp_path / "claims.toml"
     claims.write_text('[[claim]]\nname = "strong beats weak"\na = "strong"\nb = "weak"\npaper = "+5"\n'
                       '[[claim]]\nname = "weak beats strong on unseen"\na = "weak"\nb = "strong"\n'
-                      'metric = "acc_unseen"\n')
+                      'metric = "acc_unseen"\n'
+                      '[[claim]]\nname = "strong beats weak on device b"\na = "strong"\nb = "weak"\n'
+                      'metric = "device:b"\n')
     result = runner.invoke(app, ["claims", str(claims), "--board", str(board), "--n-boot", "300", "--format",
                                  "markdown"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 4 and "| strong beats weak |" in lines[2] and "**shown**" in lines[2]
+    assert len(lines) == 5 and "| strong beats weak |" in lines[2] and "**shown**" in lines[2]
     assert "3 vs 3 seeds" in lines[2] and "the opposite is shown" in lines[3]
+    assert "| strong beats weak on device b |" in lines[4] and "**shown**" in lines[4]
+    claims.write_text('[[claim]]\nname = "x"\na = "strong"\nb = "weak"\nmetric = "device:"\n')
+    bad = runner.invoke(app, ["claims", str(claims), "--board", str(board)])
+    assert bad.exit_code == 1 and "device:<device id>" in bad.output
     wrong = runner.invoke(app, ["claims", str(claims), "--board", str(board), "--format", "markdwon"])
     assert wrong.exit_code != 0 and "markdwon" in wrong.output
     claims.write_text('[[claim]]\nname = "x"\na = "strong"\nb = "weak"\nmetrc = "acc_unseen"\n')

@@ -6,7 +6,7 @@
 name = "RN beats BN (with DIR)"
 a = "dsflexinet-sm2@rn_fms_dir"        # rows as `bench compare` takes them
 b = "dsflexinet-sm2@bn_fms_dir"
-metric = "macro_acc"                   # or acc_real, acc_seen, acc_unseen, acc_known
+metric = "macro_acc"                   # or acc_real, acc_seen, acc_unseen, acc_known, device:<id>
 paper = "+0.9 (Table V)"               # what the published report found, for the reader
 ```
 """
@@ -19,12 +19,13 @@ from pathlib import Path
 import pandas as pd
 
 from bench.config import ConfigError, Key, Schema, check_table, with_defaults
-from bench.score.compare import METRICS, compare
+from bench.score.compare import DEVICE_METRIC, METRICS, compare
 from bench.score.leaderboard import read_board, row_predictions, select_row
 
 CLAIM = Schema("claim", {"name": Key(str, None, "what the claim says"), "a": Key(str, None, "the better row"),
                          "b": Key(str, None, "the row it beats"),
-                         "metric": Key(str, "macro_acc", "what is compared", choices=METRICS),
+                         "metric": Key(str, "macro_acc", "what is compared: one of the metrics of `bench compare`, "
+                                       "or device:<id> (one device's clips)"),
                          "paper": Key(str, "", "the published effect, for comparison")})
 
 
@@ -50,6 +51,10 @@ def load_claims(path: str | Path) -> list[dict]:
         for key in ("name", "a", "b"):
             if not claim[key]:
                 raise ClaimsError(f"{path}: [claim {i}] needs {key}")
+        metric = claim["metric"]
+        if metric not in METRICS and not (metric.startswith(DEVICE_METRIC) and len(metric) > len(DEVICE_METRIC)):
+            raise ClaimsError(f"{path}: [claim {i}] metric = {metric!r}: must be one of {', '.join(METRICS)} or "
+                              f"{DEVICE_METRIC}<device id>")
         out.append(claim)
     return out
 
@@ -62,8 +67,11 @@ def evaluate_claims(claims: list[dict], board: Path, n_boot: int = 2000) -> list
     for claim in claims:
         a, b = select_row(df, claim["a"]), select_row(df, claim["b"])
         seeds = f"{_seeds(a)} vs {_seeds(b)} seeds"
-        c = compare(row_predictions(df, a), row_predictions(df, b), claim["a"], claim["b"], [claim["metric"]],
-                    n_boot=n_boot)[claim["metric"]]
+        compared = compare(row_predictions(df, a), row_predictions(df, b), claim["a"], claim["b"], [claim["metric"]],
+                           n_boot=n_boot)
+        if claim["metric"] not in compared:
+            raise ClaimsError(f"claim {claim['name']!r}: the test clips have none for metric {claim['metric']!r}")
+        c = compared[claim["metric"]]
         verdict = "shown" if c.ci[0] > 0 else "the opposite is shown" if c.ci[1] < 0 else "not shown"
         results.append({**claim, **c.to_dict(), "seeds": seeds, "verdict": verdict})
     return results

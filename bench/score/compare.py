@@ -22,6 +22,11 @@ from bench.score.predictions import ClipPredictions
 METRICS = ("macro_acc", "acc_real", "acc_seen", "acc_unseen", "acc_known")
 LABELS = {"macro_acc": "macro accuracy", "acc_real": "real devices", "acc_seen": "seen devices",
           "acc_unseen": "unseen devices", "acc_known": "known devices"}
+DEVICE_METRIC = "device:"  # ``device:<id>``: the accuracy on one device's clips
+
+
+def metric_label(metric: str) -> str:
+    return f"device {metric[len(DEVICE_METRIC):]}" if metric.startswith(DEVICE_METRIC) else LABELS.get(metric, metric)
 
 
 class ComparisonError(ValueError):
@@ -53,7 +58,7 @@ class Comparison:
     def sentence(self) -> str:
         lo, hi = (100 * x for x in self.ci)
         verdict = ("shown" if self.shown else "not shown")
-        return (f"{self.a} - {self.b} = {100 * self.diff:+.1f} points of {LABELS.get(self.metric, self.metric)}, "
+        return (f"{self.a} - {self.b} = {100 * self.diff:+.1f} points of {metric_label(self.metric)}, "
                 f"{round(100 * self.level)} % CI [{lo:+.1f}, {hi:+.1f}], p = {self.p_value:.3f}: {verdict}")
 
     def to_dict(self) -> dict:
@@ -99,7 +104,7 @@ def compare(a: Sequence[ClipPredictions], b: Sequence[ClipPredictions], name_a: 
     pick_b = rng.integers(0, len(b), (n_boot, len(b)))
     out = {}
     for metric in metrics:
-        if metric != "macro_acc" and not masks[metric].any():
+        if metric != "macro_acc" and not masks.get(metric, np.zeros(1, bool)).any():
             continue
         rep_a = np.stack([_replicates(resampler, m, metric, masks) for m in a])  # seeds x replicates
         rep_b = np.stack([_replicates(resampler, m, metric, masks) for m in b])

@@ -54,10 +54,12 @@ class ClipPredictions:
                    {d: device_roles.get(d, "unseen") for d in sorted(set(devices.tolist()))})
 
     def role_masks(self) -> dict[str, np.ndarray]:
-        """Clips of each device group (``acc_real``, ``acc_seen``, ``acc_unseen``, ``acc_known``)."""
+        """Clips of each device group (``acc_real``, ``acc_seen``, ``acc_unseen``, ``acc_known``) and of each device
+        (``device:<id>``)."""
         role = np.array([self.device_roles.get(d, "unseen") for d in self.devices], dtype=object)
         masks = {f"acc_{r}": role == r for r in ("real", "seen", "unseen")}
         masks["acc_known"] = role != "unseen"
+        masks.update({f"device:{d}": self.devices == d for d in self.device_roles})
         return masks
 
     @property
