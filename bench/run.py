@@ -108,7 +108,7 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
         return stage_data(other, other_manifest, other_manifest.train_split, val_fraction)
 
     env = RunEnv(spec, profile, variant, seed, resolved, run_data, data_home() / "cache" / "stages", accelerator,
-                 devices, num_nodes, progress, console, load_external=external)
+                 devices, num_nodes, progress, console, load_external=external, board=board)
     run_dir = _run_folder(spec, profile, variant, seed, started)
     console.print(f"[bold]{spec.name}[/] ({profile}{', ' + variant if variant else ''}, seed {seed}) on "
                   f"{manifest.name}: {len(run_data.fit)} training / {len(run_data.val)} validation clips; "

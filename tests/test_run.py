@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
-
-import pandas as pd
 
 from bench.cli import app
 from bench.run import run_system
@@ -119,6 +119,9 @@ nan_logits = true
 
 [variants.broken_submission]
 broken_submission = true
+
+[variants.best.train]
+select = "best"
 '''
 
 
@@ -217,10 +220,12 @@ def test_checkpoint_from_another_config_restarts_cleanly(tiny_system, smoke_data
 
 @pytest.mark.heavy
 def test_ddp_two_processes_on_cpu_learns(tiny_system, smoke_dataset, fresh_home, tmp_path):
-    """`bench run --devices 2` in a real process (pytest's captured stdio cannot be handed to spawned workers)."""
+    """`bench run --devices 2` in a real process (pytest's captured stdio cannot be handed to spawned workers),
+    keeping the best epoch (whose checkpoint callback lives in the spawned workers)."""
     board = tmp_path / "b.parquet"
     cmd = [sys.executable, "-c", "from bench.cli import main; main()", "run", str(tiny_system), "--data",
-           str(smoke_dataset), "--profile", "smoke", "--devices", "2", "--board", str(board), "--no-progress"]
+           str(smoke_dataset), "--profile", "smoke", "--devices", "2", "--board", str(board), "--no-progress",
+           "--variant", "best"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ddp_spawn" in proc.stderr or "distributed" in (proc.stdout + proc.stderr).lower()
@@ -228,6 +233,8 @@ def test_ddp_two_processes_on_cpu_learns(tiny_system, smoke_dataset, fresh_home,
     log = pd.read_csv(next((fresh_home / "cache" / "stages" / "tiny").glob("train-*/fit/logs/version_0/metrics.csv")))
     losses = log["train_loss_epoch"].dropna().tolist()
     assert len(losses) == 3 and losses[-1] < losses[0]  # it learns
+    scores = log["val_score"].dropna().tolist()
+    assert metrics["best_epoch"] == int(np.argmax(scores)) and metrics["best_val_score"] == pytest.approx(max(scores))
     assert read_board(board).iloc[0]["status"] == "ok" and metrics["wall_s"] > 0
 
 

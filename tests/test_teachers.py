@@ -111,8 +111,13 @@ def test_the_gate_flags_or_excludes_teachers_below_the_floor(tmp_path, smoke_dat
     assert {q["gate"] for q in report["quality"].values()} == {"flagged"}
     with pytest.raises(StageError, match="--until 'distill' is not one of its stages \\(teachers\\)"):
         run_system(system, str(smoke_dataset), "smoke", board=None, progress=False, until="distill")
-    flagged = run_system(system, str(smoke_dataset), "smoke", board=None, progress=False, score_options=FAST)
+    board = tmp_path / "b.parquet"
+    flagged = run_system(system, str(smoke_dataset), "smoke", board=board, progress=False, score_options=FAST)
     assert flagged.stages[0]["reused"]
+    # the teachers trained by the --until run get their rows now, once: a second run finds them on the board
+    assert sorted(r["submission"] for r in flagged.rows if r["kind"] == "teacher") == ["teacher:half-a", "teacher:half-b"]
+    again = run_system(system, str(smoke_dataset), "smoke", board=board, progress=False, score_options=FAST)
+    assert [r["kind"] for r in again.rows] == ["system"]
     quality = torch.load(Path(flagged.stages[0]["cache_dir"]) / "artifacts.pt", weights_only=True)["quality"]
     assert {q["gate"] for q in quality.values()} == {"flagged"}
     assert "half-a fails the quality gate (validation macro accuracy" in flagged.rows[0]["notes"]

@@ -185,6 +185,16 @@ def read_board(path: str | os.PathLike) -> pd.DataFrame:
     return read_table(path).to_pandas(types_mapper=nullable.get)
 
 
+def has_row_of(path: str | os.PathLike | None, submission: str, key: str) -> bool:
+    """Whether the board holds a row of ``submission`` whose stages name the cache ``key`` (a teacher's entry):
+    the same trained model scored before."""
+    if path is None or not Path(path).exists():
+        return False
+    rows = read_table(path).select(["submission", "stages"]).to_pandas()
+    rows = rows[rows["submission"] == submission]
+    return bool(rows["stages"].fillna("").str.contains(key, regex=False).any())
+
+
 def _file_version(table: pa.Table, path: Path) -> int:
     raw = (table.schema.metadata or {}).get(VERSION_KEY)
     if raw is None:

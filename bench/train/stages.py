@@ -94,6 +94,7 @@ class RunEnv:
     ir_cache: dict[Any, list[torch.Tensor]] = field(default_factory=dict)
     external: dict[str, StageData] = field(default_factory=dict)  # other datasets stages asked for, by argument
     load_external: Callable[[str], StageData] | None = None
+    board: Path | None = None    # where the run's rows go (a teacher already on it is not scored again)
 
     @property
     def manifest(self) -> Manifest:
@@ -270,7 +271,9 @@ class StageContext:
         deterministic = torch.are_deterministic_algorithms_enabled()  # before the Trainer switches it on
         trainer = L.Trainer(
             accelerator=self.env.accelerator, devices=self.env.devices, num_nodes=self.env.num_nodes,
-            strategy="ddp_spawn" if self.env.multi_process else "auto", max_epochs=opt.epochs, deterministic=True,
+            # find_unused_parameters: PaSST keeps a distillation head its forward never uses (its checkpoints hold it)
+            strategy="ddp_spawn_find_unused_parameters_true" if self.env.multi_process else "auto",
+            max_epochs=opt.epochs, deterministic=True,
             logger=CSVLogger(run_dir, name="logs", version=0), log_every_n_steps=1, callbacks=callbacks,
             enable_progress_bar=self.env.progress, enable_model_summary=False, num_sanity_val_steps=0,
             check_val_every_n_epoch=max(opt.val_every, 1), limit_val_batches=1.0 if val_loader else 0,
@@ -294,9 +297,12 @@ class StageContext:
             raise Interrupted(f"{self.env.spec.name}/{self.stage}/{name} interrupted; run again to resume")
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if opt.select == "best":
-            state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+            # under ddp_spawn the callback's state stays in the worker processes: read the best file and its score
+            state = torch.load(best.best_model_path or ckpt_dir / "best.ckpt", map_location="cpu", weights_only=True)
             task.load_state_dict(state["state_dict"])
-            metrics.update(best_epoch=int(state["epoch"]), best_val_score=float(best.best_model_score))
+            score = next(v["best_model_score"] for k, v in state["callbacks"].items()
+                         if k.startswith("ModelCheckpoint") and "'monitor': 'val_score'" in k)
+            metrics.update(best_epoch=int(state["epoch"]), best_val_score=float(score))
         final = torch.load(last, map_location="cpu", weights_only=True)
         task.final_optimizer_state = {"optimizer": final["optimizer_states"][0],
                                       "scheduler": final["lr_schedulers"][0]}

@@ -36,6 +36,7 @@ from bench.models.base import ASCModel
 from bench.models.passt import load_passt_checkpoint
 from bench.models.pretrained import load_pretrained
 from bench.paths import data_home
+from bench.score.leaderboard import has_row_of
 from bench.score.metrics import macro_accuracy
 from bench.submission import ModelSubmission
 from bench.train.cache import CacheEntry
@@ -262,7 +263,9 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> TrainedTeacher:
                         run_dir=entry.dir / "fit", seed=_seed(ctx, cfg))
             train = ctx.clips("train")
             logits = predict_logits(model, train)
-        budget += _fits_since(ctx, first, key=entry.key, teacher=cfg["name"])
+        # a teacher that trained nothing itself (a checkpoint, epochs = 0) still names its entry: its rows are found
+        own = _fits_since(ctx, first, key=entry.key, teacher=cfg["name"])
+        budget += own or [{"fit": cfg["name"], "teacher": cfg["name"], "key": entry.key, "steps": 0, "samples": 0}]
         entry.store({"rows": torch.from_numpy(train.rows.copy()), "logits": logits, "weights": model.state_dict()},
                     recorder, time.perf_counter() - start, budget=budget, logits_bytes=logits.numel() * 4)
     return TrainedTeacher(logits, False, budget)
@@ -405,21 +408,22 @@ def distillation(ctx: StageContext, stage: str = "teachers") -> tuple[Any, Any]:
 
 
 def teacher_submissions(ctx: StageContext, stage: str = "teachers") -> dict[str, tuple[ModelSubmission, str]]:
-    """Leaderboard rows for the teachers trained in this run (cached ones were scored when they were trained)."""
-    if stage in ctx.env.reused_stages:
-        return {}
+    """Leaderboard rows for the run's teachers that the run's board does not hold yet (the same cached teacher,
+    trained by another system, an ``--until`` run or an interrupted one, is scored once). Without a board, only the
+    teachers this run trained."""
     out = {}
     done = ctx.previous[stage]
     for cfg in teacher_configs(ctx, stage):
         name = cfg["name"]
-        if done["cached"].get(name):
+        entry = teacher_entry(ctx, cfg)
+        if (has_row_of(ctx.env.board, f"teacher:{name}", entry.key) if ctx.env.board is not None
+                else done["cached"].get(name)):
             continue
         model = _build(ctx, cfg)
-        model.load_state_dict(teacher_entry(ctx, cfg).load_artifacts()["weights"])
+        model.load_state_dict(entry.load_artifacts()["weights"])
         sub = ModelSubmission.single(f"teacher:{name}", model.eval(), ctx.classes)
         own = done["budget"][name]
         sub.row_fields = {"teacher_gate": done["quality"][name]["gate"], **budget_columns(own),
                           "external_data": external_data(own, ctx.data.store.fingerprint)}
         out[f"teacher-{name}"] = (sub, "teacher")
     return out
-
