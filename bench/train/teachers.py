@@ -222,11 +222,11 @@ def teacher_entry(ctx: StageContext, cfg: dict[str, Any], corpus: tuple[dict[str
 
 def _task(ctx: StageContext, model: ASCModel, cfg: dict[str, Any]) -> ClassifierTask:
     """Cross-entropy, or cross-entropy + DAFA for a teacher with a ``dafa`` table (and a weight above 0)."""
-    dafa = {**DAFA.defaults(), **(cfg["dafa"] or {})} if cfg["dafa"] is not None else None
-    if dafa is None or dafa["weight"] == 0:
+    dafa = cfg["dafa"]
+    if dafa is None or {**DAFA.defaults(), **dafa}["weight"] == 0:
         return make_task(ctx, model, cfg)
     wave, feats = augmentations(ctx, cfg)
-    return DAFATask(model, OptimConfig.from_config(cfg), dafa, wave, feats)
+    return DAFATask(model, OptimConfig.from_config(cfg), dafa, wave, feats)  # it completes the DAFA defaults
 
 
 @dataclass
@@ -405,6 +405,14 @@ def distillation(ctx: StageContext, stage: str = "teachers") -> tuple[Any, Any]:
     targets = kd_targets(ctx, ctx.previous[stage], ctx.config["kd"], ctx.config["kd_teachers"],
                          ctx.config["kd_weights"])
     return kd_loss_from_config(ctx.config), targets.extras
+
+
+def fit_distilled(ctx: StageContext, model: ASCModel) -> ASCModel:
+    """Train ``model`` on the stage's fit clips with its configured distillation (or plain cross-entropy), validated
+    on the validation clips: the distillation stage of a system that declares ``KD``."""
+    loss, extras = distillation(ctx)
+    ctx.fit(make_task(ctx, model, ctx.config, loss), ctx.clips("fit"), ctx.clips("val"), extras=extras)
+    return model
 
 
 def teacher_submissions(ctx: StageContext, stage: str = "teachers") -> dict[str, tuple[ModelSubmission, str]]:

@@ -18,19 +18,16 @@ from bench.config import reads
 from bench.distill import KD
 from bench.models import MODEL
 from bench.submission import DEPLOY, ModelSubmission
-from bench.train.recipes import AUGMENT, PER_DEVICE, fine_tune_per_device, make_task
+from bench.train.recipes import AUGMENT, PER_DEVICE, fine_tune_per_device
 from bench.train.task import OPTIM
-from bench.train.teachers import distillation, teacher_stage, teacher_submissions
+from bench.train.teachers import fit_distilled, teacher_stage, teacher_submissions
 
 teachers = teacher_stage
 
 
 @reads(MODEL, OPTIM, AUGMENT, KD)
 def distill(ctx) -> dict:
-    model = ctx.create_model()
-    loss, extras = distillation(ctx)
-    ctx.fit(make_task(ctx, model, ctx.config, loss), ctx.clips("fit"), ctx.clips("val"), extras=extras)
-    return {"general": model.state_dict()}
+    return {"general": fit_distilled(ctx, ctx.create_model()).state_dict()}
 
 
 @reads(MODEL, OPTIM, AUGMENT, PER_DEVICE)

@@ -15,19 +15,16 @@ from bench.distill import KD
 from bench.models import MODEL
 from bench.submission import UNKNOWN, Deployment, ModelSubmission
 from bench.train.qat import quantization_aware_training
-from bench.train.recipes import AUGMENT, make_task
+from bench.train.recipes import AUGMENT
 from bench.train.task import OPTIM
-from bench.train.teachers import distillation, teacher_stage, teacher_submissions
+from bench.train.teachers import distillation, fit_distilled, teacher_stage, teacher_submissions
 
 teachers = teacher_stage
 
 
 @reads(MODEL, OPTIM, AUGMENT, KD)
 def distill(ctx) -> dict:
-    model = ctx.create_model()
-    loss, extras = distillation(ctx)
-    ctx.fit(make_task(ctx, model, ctx.config, loss), ctx.clips("fit"), ctx.clips("val"), extras=extras)
-    return {"student": model.state_dict()}
+    return {"student": fit_distilled(ctx, ctx.create_model()).state_dict()}
 
 
 @reads(MODEL, OPTIM, AUGMENT, KD)
