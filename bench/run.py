@@ -64,13 +64,15 @@ def stage_data(store: Store, manifest: Manifest, split: str, val_fraction: float
 
 def _run_folder(spec: SystemSpec, profile: str, variant: str | None, seed: int, started: datetime) -> Path:
     stem = f"{started:%Y%m%dT%H%M%SZ}-{profile}{'-' + variant if variant else ''}-seed{seed}"
-    folder = runs_dir() / spec.name / stem
+    (runs_dir() / spec.name).mkdir(parents=True, exist_ok=True)
     n = 1
-    while folder.exists():  # two runs in the same second never share a folder
-        n += 1
-        folder = runs_dir() / spec.name / f"{stem}-{n}"
-    folder.mkdir(parents=True)
-    return folder
+    while True:  # mkdir is the claim: two runs started in the same second never share a folder
+        folder = runs_dir() / spec.name / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            n += 1
 
 
 def run_system(system: str | Path, data: str | None = None, profile: str = "default", seed: int = 0,

@@ -62,6 +62,34 @@ def _system(tmp_path: Path) -> Path:
     return folder
 
 
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    """The folder is claimed by mkdir itself: 16 threads racing for one timestamp all get one (CI once lost a run to
+    an exists-then-mkdir race)."""
+    import threading
+    from datetime import datetime, timezone
+
+    from bench.run import _run_folder
+    from bench.system import load_system
+
+    monkeypatch.setenv("ASCBENCH_HOME", str(tmp_path / "home"))
+    spec, started = load_system(_system(tmp_path)), datetime(2026, 12, 1, tzinfo=timezone.utc)
+    barrier, folders, errors = threading.Barrier(16), [], []
+
+    def claim():
+        barrier.wait()
+        try:
+            folders.append(_run_folder(spec, "smoke", None, 0, started))
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(folders)) == 16 and all(f.is_dir() for f in folders)
+
+
 @pytest.mark.heavy
 def test_two_runs_of_one_uncached_configuration_at_once_share_the_work_and_both_rows_land(tmp_path,
                                                                                          smoke_dataset):
