@@ -117,7 +117,8 @@ class DeviceImpulseResponse(nn.Module):
 
     needs_device = True
 
-    def __init__(self, irs: Sequence[torch.Tensor], device_index: int, p: float = 0.6):
+    def __init__(self, irs: Sequence[torch.Tensor], device_index: int | None, p: float = 0.6):
+        """``device_index`` None: every clip is eligible (a pre-training corpus without device labels, as AudioSet)."""
         super().__init__()
         if len(irs) == 0:
             raise ValueError("DeviceImpulseResponse needs at least one impulse response")
@@ -126,10 +127,12 @@ class DeviceImpulseResponse(nn.Module):
         for i, h in enumerate(irs):
             bank[i, :len(h)] = torch.as_tensor(h, dtype=torch.float32).reshape(-1)
         self.register_buffer("irs", bank, persistent=False)
-        self.device_index, self.p = int(device_index), float(p)
+        self.device_index, self.p = (None if device_index is None else int(device_index)), float(p)
 
     def eligible(self, wave: torch.Tensor, device_idx: torch.Tensor) -> torch.Tensor:
-        """Clips the augmentation may touch: those of the target device."""
+        """Clips the augmentation may touch: those of the target device (all of them without one)."""
+        if self.device_index is None:
+            return torch.ones(len(wave), dtype=torch.bool, device=wave.device)
         return device_idx.to(wave.device) == self.device_index
 
     def forward(self, wave: torch.Tensor, device_idx: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from bench.models.base import ASCModel
 
 _BUILDERS: dict[str, Callable[..., ASCModel]] = {}
 _CONFIGS: dict[str, dict[str, Any]] = {}
-_ARCH_MODULES = ("cpmobile", "cpresnet", "dsflexinet", "passt")
+_ARCH_MODULES = ("beats", "cpmobile", "cpresnet", "dsflexinet", "passt", "tfsepnet")
 _loaded = False
 
 

@@ -23,14 +23,19 @@ AXES = ("channel", "frequency")
 
 
 class ResidualNorm(nn.Module):
-    def __init__(self, axis: str = "channel", lam: float = 0.1, eps: float = 1e-5):
+    """``trainable=False`` fixes ``lam`` as a python float (the TF-SepNet recipe, yqcai888/easy_dcase_task1,
+    model/shared.py ``ResNorm``): no parameter, no state-dict entry, 0 parameters and 0 MACs under torchinfo, and FX
+    quantization sees a multiplication by a scalar constant."""
+
+    def __init__(self, axis: str = "channel", lam: float = 0.1, eps: float = 1e-5, trainable: bool = True):
         super().__init__()
         if axis not in AXES:
             raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
         self.axis = axis
         self.eps = eps
+        self.trainable = trainable
         # Named ``lam`` (not ``weight``) so torchinfo counts it as one parameter and zero MACs.
-        self.lam = nn.Parameter(torch.tensor(float(lam)))
+        self.lam = nn.Parameter(torch.tensor(float(lam))) if trainable else float(lam)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.axis == "channel":
@@ -40,4 +45,4 @@ class ResidualNorm(nn.Module):
         return self.lam * x + normed
 
     def extra_repr(self) -> str:
-        return f"axis={self.axis}, eps={self.eps}"
+        return f"axis={self.axis}, eps={self.eps}" + ("" if self.trainable else f", lam={self.lam} (fixed)")

@@ -20,7 +20,8 @@ AUGMENT = Schema("augment", {
     "fms_p": Key(float, 0.0, "Freq-MixStyle probability per batch (0: off)"),
     "fms_alpha": Key(float, 0.3, "Freq-MixStyle Beta(alpha, alpha)"),
     "fms_per_batch": Key(bool, False, "one Freq-MixStyle lambda per batch instead of per sample"),
-    "dir_p": Key(float, 0.0, "device impulse response augmentation probability for reference-device clips (0: off)"),
+    "dir_p": Key(float, 0.0, "device impulse response augmentation probability for reference-device clips (in "
+                 "pre-training: for every corpus clip) (0: off)"),
     "adir": Key(bool, False, "ADIR: DIR only for clips louder than adir_threshold"),
     "adir_threshold": Key((float, str), 323.0, "ADIR energy threshold, or \"mean\": the training clips' mean energy"),
     "irs_dir": Key(str, None, "folder of impulse responses for DIR (default: the dataset's own)"),
@@ -32,13 +33,15 @@ PER_DEVICE = Schema("per_device", {
 })
 
 
-def augmentations(ctx: StageContext, cfg: Mapping[str, Any]) -> tuple[list[nn.Module], list[nn.Module]]:
-    """(waveform augmentations, feature augmentations) for a config that declares ``AUGMENT``."""
+def augmentations(ctx: StageContext, cfg: Mapping[str, Any], dir_every_clip: bool = False
+                  ) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(waveform augmentations, feature augmentations) for a config that declares ``AUGMENT``. DIR touches the
+    reference device's clips, or with ``dir_every_clip`` every clip (a pre-training corpus has no device labels)."""
     wave: list[nn.Module] = []
     if cfg["roll_seconds"] > 0:
         wave.append(TimeRoll(int(cfg["roll_seconds"] * SAMPLE_RATE)))
     if cfg["dir_p"] > 0:
-        ref = ctx.device_index(ctx.manifest.reference_device)
+        ref = None if dir_every_clip else ctx.device_index(ctx.manifest.reference_device)
         if cfg["adir"]:
             threshold = cfg["adir_threshold"]
             aug = AutoDeviceImpulseResponse(ctx.impulse_responses(), ref, cfg["dir_p"], threshold)

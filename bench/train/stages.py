@@ -196,14 +196,16 @@ class StageContext:
         return list(self.data.fit.device_vocab).index(device)
 
     def impulse_responses(self) -> list[torch.Tensor]:
-        """Device impulse responses for DIR: ``irs_dir`` from the config, else the dataset's own IR folder."""
+        """Device impulse responses for DIR: ``irs_dir`` from the config, else the stage dataset's own IR folder, else
+        (a pre-training corpus ships none) the run's dataset's."""
         folder = self.config.get("irs_dir")
         if folder is None:
-            sub = self.manifest.irs.get("folder")
+            data = self.data if self.manifest.irs.get("folder") else self.env.data
+            sub = data.manifest.irs.get("folder")
             if sub is None:
                 raise StageError(f"{self.env.spec.name}/{self.stage}: DIR needs impulse responses; set irs_dir = "
                                  "'/path/to/MicIRP' in the profile (the dataset ships none)")
-            folder = Path(self.data.store.info["source"]) / sub
+            folder = Path(data.store.info["source"]) / sub
         folder = Path(folder).expanduser()
         if folder not in self.env.ir_cache:
             self.env.ir_cache[folder] = load_irs(folder)

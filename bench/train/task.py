@@ -48,6 +48,8 @@ OPTIM = Schema("optim", {
     "batches": Key(str, "random", "how clips form batches: shuffled at random, or stratified by device (every "
                    "batch holds each device's share of the clips, so every batch has several devices)",
                    choices=("random", "device_stratified")),
+    "trainable": Key(str, "all", "which parameters train: all, or only the classifier head `net.head` (everything "
+                     "else frozen and kept in eval mode: a linear probe)", choices=("all", "head")),
     "val_every": Key(int, 1, "validate every n epochs (0: never)"),
     "select": Key(str, "last", "weights kept at the end: the last epoch, or the epoch with the best validation "
                   "accuracy (validates every epoch)", choices=("last", "best")),
@@ -72,6 +74,7 @@ class OptimConfig:
     grad_clip: float
     mixup_alpha: float
     batches: str
+    trainable: str
     val_every: int
     select: str
 
@@ -122,6 +125,15 @@ class ClassifierTask(L.LightningModule):
         self._val_logits: list[torch.Tensor] = []
         self._val_targets: list[torch.Tensor] = []
         self.val_history: list[dict[str, float]] = []
+        if optim.trainable == "head":
+            for name, param in model.named_parameters():
+                param.requires_grad_(name.startswith("net.head."))
+
+    def on_train_epoch_start(self) -> None:
+        """A frozen network stays in eval mode (no dropout, fixed BatchNorm statistics) under its trained head."""
+        if self.optim.trainable == "head":
+            self.model.eval()
+            self.model.net.head.train()
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return self.model(wave)

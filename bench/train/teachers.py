@@ -33,6 +33,7 @@ from bench.distill import KD_MODES, DeviceWeights, TeacherFusion, average_logits
 from bench.identity import Recorder, library_versions, note_dependencies
 from bench.models import check_model_options, create_model
 from bench.models.base import ASCModel
+from bench.models.beats import load_beats_checkpoint
 from bench.models.passt import load_passt_checkpoint
 from bench.models.pretrained import load_pretrained
 from bench.paths import data_home
@@ -42,6 +43,7 @@ from bench.submission import ModelSubmission
 from bench.train.cache import CacheEntry
 from bench.train.dafa import DAFA, DAFATask
 from bench.train.recipes import AUGMENT, augmentations, make_task
+from bench.train.ssl import MaskedPatchTask
 from bench.train.stages import StageContext, StageError, budget_columns, external_data
 from bench.train.task import OPTIM, ClassifierTask, OptimConfig, binary_cross_entropy, cross_entropy
 
@@ -49,8 +51,16 @@ PRETRAIN = Schema("pretrain", {
     "data": Key(str, "events", "the corpus: `events` (the embedded sound-event corpus of the run's profile) or a "
                 "dataset folder with its own classes and validation part"),
     "seed": Key(int, 0, "pre-training seed (not the run's: one checkpoint per architecture, corpus and recipe)"),
-    **{k: AUGMENT.keys[k] for k in ("roll_seconds", "fms_p", "fms_alpha", "fms_per_batch")},
+    "objective": Key(str, "labels", "what pre-training learns: the corpus labels (binary cross-entropy on its "
+                     "multi-hot labels), or masked patches (self-supervised, no labels: bench.train.ssl)",
+                     choices=("labels", "masked_patches")),
+    "mask_ratio": Key(float, 0.75, "share of the patches masked per clip (objective = masked_patches)"),
+    "n_codes": Key(int, 1024, "codebook size of the random-projection tokenizer (objective = masked_patches)"),
+    **{k: AUGMENT.keys[k] for k in ("roll_seconds", "fms_p", "fms_alpha", "fms_per_batch", "dir_p", "irs_dir")},
 }) | OPTIM
+# a pre-training may continue another one (BEATs SSL+SL: the self-supervised model trained on the corpus labels)
+PRETRAIN.keys["start"] = Key(dict, None, "start from the weights of this pre-training (a pretrain table of its own, "
+                             "cached on its own) instead of from scratch", table=PRETRAIN)
 
 TEACHER = Schema("teacher", {
     "name": Key(str, REQUIRED, "unique name; the cache and the board use it"),
@@ -143,16 +153,25 @@ def _load_checkpoint(model: ASCModel, cfg: dict[str, Any]) -> None:
                          "weights; put the file there or drop `checkpoint` to train the teacher)")
     if cfg["model"].startswith("passt"):
         load_passt_checkpoint(model, path)
+    elif cfg["model"].startswith("beats"):
+        load_beats_checkpoint(model, path)
     else:
         model.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def pretrain_recipe(ctx: StageContext, table: dict[str, Any], where: str) -> tuple[dict[str, Any], Any]:
+    """(a ``pretrain`` table with its defaults, the corpus it names); a ``start`` recipe is completed the same way."""
+    recipe = with_defaults(table, PRETRAIN, str(ctx.env.spec.toml_path), where)
+    if recipe["start"] is not None:
+        recipe["start"] = pretrain_recipe(ctx, recipe["start"], f"{where}.start")[0]
+    return recipe, ctx.env.dataset(recipe["data"])
 
 
 def _corpus(ctx: StageContext, cfg: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
     """(the pre-training recipe with its defaults, the corpus) of a teacher that starts from pre-training."""
     if not cfg["pretrain"] or not cfg["pretrained"] or cfg["checkpoint"]:
         return None
-    recipe = with_defaults(cfg["pretrain"], PRETRAIN, str(ctx.env.spec.toml_path), f"teacher {cfg['name']}.pretrain")
-    return recipe, ctx.env.dataset(recipe["data"])
+    return pretrain_recipe(ctx, cfg["pretrain"], f"teacher {cfg['name']}.pretrain")
 
 
 def _world(ctx: StageContext) -> dict[str, Any]:
@@ -176,8 +195,9 @@ def _fits_since(ctx: StageContext, start: int, **mark: Any) -> list[dict[str, An
 
 def pretrained_weights(ctx: StageContext, cfg: dict[str, Any], recipe: dict[str, Any],
                        corpus) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Weights of the teacher's architecture pre-trained on ``corpus`` (binary cross-entropy on its multi-hot
-    labels), trained unless the shared cache has them; and the pre-training's budget entry."""
+    """Weights of the architecture ``cfg["model"]`` (with ``cfg["model_options"]``) pre-trained on ``corpus`` —
+    on its labels (binary cross-entropy on multi-hot labels) or on masked patches — trained unless the shared cache
+    has them, after the ``start`` pre-training it continues, if any; and the pre-trainings' budget entries."""
     entry = pretrain_entry(ctx, cfg, recipe, corpus)
     console = ctx.env.console
     with entry.lock(console):
@@ -185,21 +205,35 @@ def pretrained_weights(ctx: StageContext, cfg: dict[str, Any], recipe: dict[str,
         if hit:
             note_dependencies(entry.info["dependencies"])
             return entry.load_artifacts()["weights"], [{**b, "cached": True} for b in entry.info["budget"]]
-        console.print(f"    pre-training {cfg['model']} on {corpus.manifest.name} ({'; '.join(reasons)})")
         entry.prepare_work(console)
         start, first = time.perf_counter(), len(ctx.budget)
-        with Recorder() as recorder:
+        budget: list[dict[str, Any]] = []
+        with Recorder() as recorder:  # a start inside: this entry depends on the code that trained it too
+            if recipe["start"] is not None:
+                begin = recipe["start"]
+                start_weights, budget = pretrained_weights(ctx, cfg, begin, ctx.env.dataset(begin["data"]))
+            console.print(f"    pre-training {cfg['model']} on {corpus.manifest.name} ({recipe['objective']}; "
+                          f"{'; '.join(reasons)})")
             torch.manual_seed(recipe["seed"])
             model = create_model(cfg["model"], n_classes=len(corpus.classes), **cfg["model_options"])
-            wave, feats = augmentations(ctx, {**AUGMENT.defaults(), **recipe, "dir_p": 0.0})
-            loss = binary_cross_entropy if corpus.manifest.multilabel else cross_entropy
-            task = ClassifierTask(model, OptimConfig.from_config(recipe), wave, feats, loss)
+            if recipe["start"] is not None:
+                load_pretrained(model, start_weights)
+            wave, feats = augmentations(ctx, {**AUGMENT.defaults(), **{k: v for k, v in recipe.items()
+                                                                        if k in AUGMENT}}, dir_every_clip=True)
+            optim = OptimConfig.from_config(recipe)
+            if recipe["objective"] == "masked_patches":
+                task = MaskedPatchTask(model, optim, recipe["mask_ratio"], recipe["n_codes"], recipe["seed"],
+                                       wave, feats)
+            else:
+                loss = binary_cross_entropy if corpus.manifest.multilabel else cross_entropy
+                task = ClassifierTask(model, optim, wave, feats, loss)
             ctx.fit(task, corpus.fit, corpus.val, name=f"pretrain-{cfg['model']}", run_dir=entry.dir / "fit",
                     seed=recipe["seed"])
-        budget = _fits_since(ctx, first, key=entry.key, pretrain=True)
+        budget += _fits_since(ctx, first, key=entry.key, pretrain=True)
         metrics = json.loads((entry.dir / "fit" / "metrics.json").read_text())
         entry.store({"weights": model.state_dict(), "classes": list(corpus.classes)}, recorder,
-                    time.perf_counter() - start, budget=budget, val_map=metrics.get("val_map"))
+                    time.perf_counter() - start, budget=budget, val_map=metrics.get("val_map"),
+                    val_masked_acc=metrics.get("val_masked_acc"))
     return model.state_dict(), budget
 
 

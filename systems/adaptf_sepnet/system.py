@@ -1,0 +1,140 @@
+"""AdapTF-SepNet (Zhou et al., DCASE 2025 Task 1 technical report "AdapTF-SepNet: AudioSet-driven adaptive
+pre-training of TF-SepNet for multi-device acoustic scene classification"; TF-SepNet framework yqcai888/
+easy_dcase_task1): pretrain -> finetune -> teachers -> distill -> device_specific -> quantize.
+
+1. pretrain: TF-SepNet-64 (depth 17, 512 mels) on a multi-label corpus (AudioSet in the report; the embedded event
+   corpus here) with binary cross-entropy; the shared cache keeps one checkpoint per architecture, corpus and recipe.
+2. finetune: the pre-trained network (head replaced) on the scenes; best epoch on validation.
+3. teachers: three BEATs-style transformers trained by the harness — SSL (masked-patch pre-training, then fully
+   fine-tuned), SSL+SL (the SSL model trained on the corpus labels too, then fine-tuned), SSL* (the SSL encoder
+   frozen, a linear head trained).
+4. distill: the fine-tuned TF-SepNet trained on the averaged teachers' logits (KL at temperature 2, label weight
+   0.02, Soft-Mixup: teacher targets mixed like the labels).
+5. device_specific: from the distilled model, one model per training device on that device's clips (DIR off) and an
+   `unknown` model on every training clip (DIR p 0.8), all with the KD loss, every one resuming the distillation
+   run's optimizer and schedule state; each keeps its best epoch on its own validation clips.
+6. quantize: INT8 static post-training quantization of every device model, calibrated and checked on validation.
+Deployment: INT8 per device (126,858 parameters = 126,858 B each, under 128,000 B); ids without a model use
+`unknown`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bench.config import Key, Schema, reads
+from bench.distill import KD
+from bench.models import MODEL
+from bench.models.pretrained import load_pretrained
+from bench.submission import UNKNOWN, ModelSubmission
+from bench.train.ptq import PTQ, ptq_submission, quantize_per_device
+from bench.train.stages import StageError
+from bench.train.recipes import AUGMENT, PER_DEVICE, fine_tune_per_device, make_task, per_device_config
+from bench.train.task import OPTIM
+from bench.train.teachers import PRETRAIN, distillation, pretrain_recipe, pretrained_weights, teacher_stage, \
+    teacher_submissions
+
+teachers = teacher_stage
+
+FINETUNE = Schema("finetune", {
+    "from_pretrained": Key(bool, True, "start from the pre-trained network (false: from scratch, the ablation)"),
+})
+DEVICE_SPECIFIC = Schema("device_specific", {
+    "unknown_model": Key(bool, True, "train the `unknown` model for devices without one (false: they use the "
+                         "distilled general model)"),
+    "resume_optimizer": Key(bool, True, "every device fit resumes the distillation run's optimizer and schedule "
+                            "state (the authors' code); false: a fresh optimizer at the stage's lr"),
+})
+
+
+CHECKPOINT = Schema("checkpoint", {
+    "checkpoint": Key(str, None, "local pre-trained weights of the network (a state dict of this architecture, e.g. "
+                      "the `pretrain` stage of another run) used instead of pre-training here; never downloaded"),
+})
+
+
+@reads(MODEL, PRETRAIN, CHECKPOINT)
+def pretrain(ctx) -> dict:
+    if ctx.config["checkpoint"]:
+        return {"weights": local_weights(ctx, ctx.config["checkpoint"])}
+    recipe, corpus = pretrain_recipe(ctx, {k: ctx.config[k] for k in PRETRAIN.keys}, "pretrain")
+    weights, budget = pretrained_weights(ctx, {"model": ctx.config["model"],
+                                               "model_options": ctx.config["model_options"]}, recipe, corpus)
+    ctx.add_budget(budget)
+    return {"weights": weights}
+
+
+def local_weights(ctx, path: str) -> dict:
+    """A local checkpoint's weights, checked key by key against the architecture (its head may differ)."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise StageError(f"{ctx.env.spec.name}/pretrain: checkpoint {file} not found (the harness never downloads "
+                         "weights; put the file there or drop `checkpoint` to pre-train here)")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = state.get("weights", state)  # a `pretrain` stage artifact, or a bare state dict
+    model = ctx.create_model()
+    try:
+        load_pretrained(model, state)
+    except ValueError as exc:
+        raise StageError(f"{file}: {exc} (expected the state dict of {ctx.config['model']})") from None
+    return state
+
+
+@reads(MODEL, OPTIM, AUGMENT, FINETUNE)
+def finetune(ctx) -> dict:
+    model = ctx.create_model()
+    if ctx.config["from_pretrained"]:
+        load_pretrained(model, ctx.previous["pretrain"]["weights"])
+    ctx.fit(make_task(ctx, model, ctx.config), ctx.clips("fit"), ctx.clips("val"))
+    return {"model": model.state_dict()}
+
+
+@reads(MODEL, OPTIM, AUGMENT, KD)
+def distill(ctx) -> dict:
+    model = ctx.create_model(state=ctx.previous["finetune"]["model"])
+    loss, extras = distillation(ctx)
+    task = ctx.fit(make_task(ctx, model, ctx.config, loss), ctx.clips("fit"), ctx.clips("val"), extras=extras)
+    return {"general": model.state_dict(), "optimizer": task.final_optimizer_state}
+
+
+@reads(MODEL, OPTIM, AUGMENT, KD, PER_DEVICE, DEVICE_SPECIFIC)
+def device_specific(ctx) -> dict:
+    loss, extras = distillation(ctx)
+    general = ctx.previous["distill"]["general"]
+    resumed = ctx.previous["distill"]["optimizer"] if ctx.config["resume_optimizer"] else None
+    out = fine_tune_per_device(ctx, general, loss=loss, extras=extras, optimizer_state=resumed)
+    if ctx.config["unknown_model"]:
+        model = ctx.create_model(state=general)
+        task = make_task(ctx, model, per_device_config(ctx.config, UNKNOWN), loss, resumed)
+        ctx.fit(task, ctx.clips("fit"), ctx.clips("val"), name=f"device-{UNKNOWN}", extras=extras)
+        out[UNKNOWN] = model.state_dict()
+    return out
+
+
+@reads(MODEL, PTQ)
+def quantize(ctx) -> dict:
+    general = ctx.create_model(state=ctx.previous["distill"]["general"])
+    devices = {d: ctx.create_model(state=s) for d, s in ctx.previous["device_specific"].items()}
+    devices.setdefault(UNKNOWN, general)
+    return {"devices": quantize_per_device(ctx, devices), "general": quantize_per_device(ctx, {UNKNOWN: general})}
+
+
+@reads(MODEL)
+def submission(ctx) -> ModelSubmission:
+    return ptq_submission("adaptf-sepnet", ctx.classes, ctx.previous["quantize"]["devices"])
+
+
+@reads(MODEL)
+def extra_submissions(ctx) -> dict:
+    """The distilled general model in INT8 on every device (no device models: the report's Table 2 "Without"), the
+    float device models (float vs INT8), and the teachers."""
+    general = ctx.create_model(state=ctx.previous["distill"]["general"])
+    devices = {d: ctx.create_model(state=s) for d, s in ctx.previous["device_specific"].items()}
+    rows = {"general": (ptq_submission("adaptf-sepnet-general", ctx.classes, ctx.previous["quantize"]["general"]),
+                        "ablation"),
+            "float": (ModelSubmission.per_device("adaptf-sepnet-float", ctx.classes, devices.pop(UNKNOWN, general),
+                                                 devices), "ablation")}
+    rows.update(teacher_submissions(ctx))
+    return rows
