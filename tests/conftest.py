@@ -53,3 +53,19 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable: file order otherwise
+
+
+@pytest.fixture
+def import_file():
+    """Import a Python file by path under a name of its own (an exported package's module)."""
+    import importlib.util
+    import sys
+
+    def load(path: Path):
+        spec = importlib.util.spec_from_file_location(f"exported_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -5,9 +5,7 @@ training step, and the system end to end (smoke profile) with its exported packa
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,16 +193,9 @@ def test_student_on_the_passt_mel_counts_as_the_challenge_counts():
     assert (s.total_params, s.total_mult_adds) == (61_148, 19_321_492)
 
 
-def _import_module(path: Path):
-    spec = importlib.util.spec_from_file_location(f"exported_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.heavy
-def test_adaptive_kd_smoke_end_to_end_and_its_package_reproduces_the_logits(tmp_path, smoke_dataset, smoke_store):
+def test_adaptive_kd_smoke_end_to_end_and_its_package_reproduces_the_logits(tmp_path, smoke_dataset, smoke_store,
+                                                                            import_file):
     board = tmp_path / "board.parquet"
     result = run_system("systems/adaptive_kd", str(smoke_dataset), "smoke", board=board, progress=False,
                         score_options=ScoreOptions(int8=False, energy=False, n_boot=10))
@@ -224,7 +215,7 @@ def test_adaptive_kd_smoke_end_to_end_and_its_package_reproduces_the_logits(tmp_
     export = runner.invoke(app, ["export", str(result.run_dir), "--package", str(tmp_path / "pkg"), "--label", "Jk",
                                  "--data", str(smoke_dataset)])
     assert export.exit_code == 0, export.output
-    module = _import_module(tmp_path / "pkg" / "Jk_task1" / "Jk_task1_1.py")
+    module = import_file(tmp_path / "pkg" / "Jk_task1" / "Jk_task1_1.py")
     package_model = module.load_model()
     assert set(package_model.deployments) == {"unknown", "a", "b", "c", "s1", "s2", "s3"}
     general = package_model.get_model_for_device("unknown")

@@ -1,13 +1,14 @@
 """AdapTF-SepNet (Zhou et al., DCASE 2025 Task 1 technical report "AdapTF-SepNet: AudioSet-driven adaptive
 pre-training of TF-SepNet for multi-device acoustic scene classification"; TF-SepNet framework yqcai888/
-easy_dcase_task1): pretrain -> finetune -> teachers -> distill -> device_specific -> quantize.
+easy_dcase_task1): teachers -> pretrain -> finetune -> distill -> device_specific -> quantize
+(the teachers are independent of the student: first, so a second process can train them while one pre-trains).
 
-1. pretrain: TF-SepNet-64 (depth 17, 512 mels) on a multi-label corpus (AudioSet in the report; the embedded event
-   corpus here) with binary cross-entropy; the shared cache keeps one checkpoint per architecture, corpus and recipe.
-2. finetune: the pre-trained network (head replaced) on the scenes; best epoch on validation.
-3. teachers: three BEATs-style transformers trained by the harness — SSL (masked-patch pre-training, then fully
+1. teachers: three BEATs-style transformers trained by the harness — SSL (masked-patch pre-training, then fully
    fine-tuned), SSL+SL (the SSL model trained on the corpus labels too, then fine-tuned), SSL* (the SSL encoder
    frozen, a linear head trained).
+2. pretrain: TF-SepNet-64 (depth 17) on a multi-label corpus (AudioSet in the report; the embedded event corpus
+   here) with binary cross-entropy; the shared cache keeps one checkpoint per architecture, corpus and recipe.
+3. finetune: the pre-trained network (head replaced) on the scenes; best epoch on validation.
 4. distill: the fine-tuned TF-SepNet trained on the averaged teachers' logits (KL at temperature 2, label weight
    0.02, Soft-Mixup: teacher targets mixed like the labels).
 5. device_specific: from the distilled model, one model per training device on that device's clips (DIR off) and an
@@ -30,8 +31,8 @@ from bench.models import MODEL
 from bench.models.pretrained import load_pretrained
 from bench.submission import UNKNOWN, ModelSubmission
 from bench.train.ptq import PTQ, ptq_submission, quantize_per_device
-from bench.train.stages import StageError
 from bench.train.recipes import AUGMENT, PER_DEVICE, fine_tune_per_device, make_task, per_device_config
+from bench.train.stages import StageError
 from bench.train.task import OPTIM
 from bench.train.teachers import PRETRAIN, distillation, pretrain_recipe, pretrained_weights, teacher_stage, \
     teacher_submissions
@@ -42,6 +43,7 @@ FINETUNE = Schema("finetune", {
     "from_pretrained": Key(bool, True, "start from the pre-trained network (false: from scratch, the ablation)"),
 })
 DEVICE_SPECIFIC = Schema("device_specific", {
+    "devices": Key(list, None, "training devices that get a model of their own (default: every training device)"),
     "unknown_model": Key(bool, True, "train the `unknown` model for devices without one (false: they use the "
                          "distilled general model)"),
     "resume_optimizer": Key(bool, True, "every device fit resumes the distillation run's optimizer and schedule "
@@ -104,7 +106,8 @@ def device_specific(ctx) -> dict:
     loss, extras = distillation(ctx)
     general = ctx.previous["distill"]["general"]
     resumed = ctx.previous["distill"]["optimizer"] if ctx.config["resume_optimizer"] else None
-    out = fine_tune_per_device(ctx, general, loss=loss, extras=extras, optimizer_state=resumed)
+    out = fine_tune_per_device(ctx, general, ctx.config["devices"], loss=loss, extras=extras,
+                               optimizer_state=resumed)
     if ctx.config["unknown_model"]:
         model = ctx.create_model(state=general)
         task = make_task(ctx, model, per_device_config(ctx.config, UNKNOWN), loss, resumed)
