@@ -143,3 +143,19 @@ def test_the_gate_catches_a_collapsed_teacher():
     assert gate_failures(bad, 0.3, 0.3) == ["collapsed: 60 % of validation predictions are c3 (> 30 %)"]
     assert gate_failures(bad, 0.3, None) == []  # accuracy 0.5 clears the floor; no share limit set
     assert gate_failures(validation_quality(collapsed[:0], labels[:0], classes), 0.9, 0.3) == []
+
+
+def test_a_later_seed_of_seed_shared_teachers_finds_their_rows_and_cache(tmp_path, smoke_dataset):
+    """Teachers trained once (seed 0) for every run seed: a seed-1 run reuses them, and its board already holds
+    their rows (once it failed: the submission looked the teachers up under the run's seed)."""
+    folder = write(tmp_path / "shared", 0.0, "flag")
+    toml = (folder / "system.toml").read_text()
+    (folder / "system.toml").write_text(toml.replace("[profiles.smoke.teachers]",
+                                                     "[defaults]\nseed_shared_stages = [\"teachers\"]\n\n"
+                                                     "[profiles.smoke.teachers]"))
+    board = tmp_path / "board.parquet"
+    first = run_system(folder, str(smoke_dataset), "smoke", seed=0, board=board, progress=False, score_options=FAST)
+    second = run_system(folder, str(smoke_dataset), "smoke", seed=1, board=board, progress=False, score_options=FAST)
+    assert {r["submission"] for r in first.rows} == {"gate", "teacher:half-a", "teacher:half-b"}
+    assert [r["submission"] for r in second.rows] == ["gate"]
+    assert second.stages[0]["reused"] is True  # one teachers stage (seed 0) for both runs

@@ -237,17 +237,19 @@ def pretrained_weights(ctx: StageContext, cfg: dict[str, Any], recipe: dict[str,
     return model.state_dict(), budget
 
 
-def teacher_entry(ctx: StageContext, cfg: dict[str, Any], corpus: tuple[dict[str, Any], Any] | None = None
-                  ) -> CacheEntry:
+def teacher_entry(ctx: StageContext, cfg: dict[str, Any], corpus: tuple[dict[str, Any], Any] | None = None,
+                  seed: int | None = None) -> CacheEntry:
     """The shared cache entry of one teacher: its config (with a checkpoint file's content hash, or the corpus it
-    is pre-trained on), the data, seed, process layout and libraries — and the system's files when the teacher is
-    one of the system's own architectures (a harness architecture's teacher is shared by every system)."""
+    is pre-trained on), the data, seed (the teacher stage's: ``seed`` where ``ctx`` is not that stage's), process
+    layout and libraries — and the system's files when the teacher is one of the system's own architectures (a
+    harness architecture's teacher is shared by every system)."""
     from bench.identity import file_digest
 
     checkpoint = Path(cfg["checkpoint"]).expanduser() if cfg["checkpoint"] else None
     corpus = corpus or _corpus(ctx, cfg)
     static = {"teacher": cfg, "checkpoint_sha256": file_digest(checkpoint) if checkpoint and checkpoint.exists()
-              else None, "data": ctx.data.identity(), "seed": ctx.seed, "libraries": library_versions(),
+              else None, "data": ctx.data.identity(), "seed": ctx.seed if seed is None else seed,
+              "libraries": library_versions(),
               "world": _world(ctx), "system_files": ctx.env.spec.files() if "/" in cfg["model"] else None}
     if corpus is not None:
         static["pretrain"] = {"recipe": corpus[0], "data": corpus[1].identity()}
@@ -457,7 +459,8 @@ def teacher_submissions(ctx: StageContext, stage: str = "teachers") -> dict[str,
     done = ctx.previous[stage]
     for cfg in teacher_configs(ctx, stage):
         name = cfg["name"]
-        entry = teacher_entry(ctx, cfg)
+        # the submission's seed is the run's; the teachers were trained with their stage's (0 when seed-shared)
+        entry = teacher_entry(ctx, cfg, seed=ctx.env.stage_seed(stage))
         if (has_row_of(ctx.env.board, f"teacher:{name}", entry.key) if ctx.env.board is not None
                 else done["cached"].get(name)):
             continue
