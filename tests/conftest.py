@@ -69,3 +69,31 @@ def import_file():
         return module
 
     return load
+
+
+@pytest.fixture
+def exported_package(tmp_path, smoke_dataset, smoke_store, import_file):
+    """``export(result, label)``: ``bench export`` of a smoke run's submission as an official package, imported;
+    asserts that its ``predict`` reproduces the scored logits of the first scoring batch bit for bit (the same clips,
+    several devices, the same arithmetic) and returns ``(module, package model)``."""
+    import numpy as np
+    import torch
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    def export(result, label: str):
+        out = CliRunner().invoke(app, ["export", str(result.run_dir), "--package", str(tmp_path / "pkg"), "--label",
+                                       label, "--data", str(smoke_dataset)])
+        assert out.exit_code == 0, out.output
+        module = import_file(tmp_path / "pkg" / f"{label}_task1" / f"{label}_task1_1.py")
+        package_model = module.load_model()
+        test = smoke_store.split("test").iloc[:64]
+        assert test["device"].nunique() >= 5
+        logits, order = module.predict([str(Path(smoke_dataset) / f) for f in test["filename"]],
+                                       test["device"].tolist())
+        assert order == list(package_model.class_order)
+        assert np.array_equal(torch.stack(logits).float().numpy(), result.results[""].logits[:64])
+        return module, package_model
+
+    return export

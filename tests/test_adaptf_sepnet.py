@@ -5,15 +5,11 @@ them, and an exported package that routes by device id and reproduces the scored
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from bench.augment import DeviceImpulseResponse
-from bench.cli import app
 from bench.config import ConfigError, check_table
 from bench.models import create_model
 from bench.run import run_system
@@ -23,7 +19,6 @@ from bench.train.ssl import MaskedPatchTask
 from bench.train.task import ClassifierTask, OptimConfig
 from bench.train.teachers import TEACHERS
 
-runner = CliRunner()
 DEVICE_MODELS = {"a", "b", "unknown"}  # the smoke profile's device models
 
 
@@ -71,8 +66,8 @@ def test_a_typo_inside_a_chained_pre_training_is_a_config_error_naming_it():
 
 
 @pytest.mark.heavy
-def test_adaptf_sepnet_smoke_end_to_end_and_its_package_reproduces_the_logits(tmp_path, smoke_dataset, smoke_store,
-                                                                              import_file):
+def test_adaptf_sepnet_smoke_end_to_end_and_its_package_reproduces_the_logits(tmp_path, smoke_dataset,
+                                                                              exported_package):
     board = tmp_path / "board.parquet"
     result = run_system("systems/adaptf_sepnet", str(smoke_dataset), "smoke", board=board, progress=False,
                         score_options=ScoreOptions(int8=False, energy=False, n_boot=10))
@@ -97,19 +92,9 @@ def test_adaptf_sepnet_smoke_end_to_end_and_its_package_reproduces_the_logits(tm
     assert len(ssl) == 1 and pretrain_keys["beats-ssl-frozen"] == ssl  # one self-supervised pre-training, shared
     assert len(pretrain_keys["beats-ssl-sl"]) == 2 and pretrain_keys["beats-ssl-sl"][0] == ssl[0]  # then labels
 
-    export = runner.invoke(app, ["export", str(result.run_dir), "--package", str(tmp_path / "pkg"), "--label", "Zh",
-                                 "--data", str(smoke_dataset)])
-    assert export.exit_code == 0, export.output
-    module = import_file(tmp_path / "pkg" / "Zh_task1" / "Zh_task1_1.py")
-    package_model = module.load_model()
+    _, package_model = exported_package(result, "Zh")
     assert set(package_model.deployments) == DEVICE_MODELS
     unknown = package_model.get_model_for_device("unknown")
     assert package_model.get_model_for_device("s5") is unknown
     assert package_model.get_model_for_device("a") is not unknown
     assert package_model.get_model_for_device("b") is not package_model.get_model_for_device("a")
-    test = smoke_store.split("test").iloc[:64]  # the first scoring batch: the same clips, the same arithmetic
-    assert test["device"].nunique() >= 5
-    files = [str(Path(smoke_dataset) / f) for f in test["filename"]]
-    logits, order = module.predict(files, test["device"].tolist())
-    assert order == list(package_model.class_order)
-    assert np.array_equal(torch.stack(logits).float().numpy(), result.results[""].logits[:64])
