@@ -317,3 +317,25 @@ def warm(ctx):
                                                      'seed_shared_stages = ["wram"]'))
     with pytest.raises(SystemError_, match="seed_shared_stages names wram, which is not a stage"):
         load_system(folder).resolve("smoke")
+
+
+def test_help_texts_keep_their_bracketed_words():
+    """Rich markup swallows ``[variants.NAME]`` unless escaped: every option's help must print what it says."""
+    import re
+
+    import click
+    import typer.main
+
+    group = typer.main.get_command(app)
+    commands = [(name, cmd) for name, cmd in group.commands.items()]
+    commands += [(f"{name} {sub}", c) for name, cmd in group.commands.items()
+                 if isinstance(cmd, click.Group) for sub, c in cmd.commands.items()]
+    checked = 0
+    for name, cmd in commands:
+        for param in cmd.params:
+            for raw in re.findall(r"\\?\[\\?\[?[A-Za-z_.]+\]\]?", getattr(param, "help", None) or ""):
+                shown = raw.replace("\\", "")
+                out = runner.invoke(app, name.split() + ["--help"], env={"COLUMNS": "400"}).output
+                assert shown in " ".join(out.split()), f"bench {name} --help lost {shown!r}"
+                checked += 1
+    assert checked >= 2

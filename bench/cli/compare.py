@@ -73,7 +73,7 @@ def _identity(row) -> dict:
 
 @app.command("claims")
 def claims(
-    file: Annotated[str, typer.Argument(help="a TOML file of [[claim]] tables: name, a, b, metric, paper")],
+    file: Annotated[str, typer.Argument(help=r"a TOML file of \[\[claim]] tables: name, a, b, metric, paper")],
     board: Annotated[str, typer.Option(help="board NAME or .parquet path")] = "local",
     n_boot: Annotated[int, typer.Option(help="bootstrap resamples")] = 2000,
     fmt: Annotated[str, typer.Option("--format", help="table | markdown | json")] = "table",

@@ -79,7 +79,8 @@ def run(system: str = typer.Argument(..., help="system folder (e.g. systems/base
         seed: int = typer.Option(0, help="training seed"),
         seeds: Optional[str] = typer.Option(None, help="several seeds, e.g. 0,1,2: one row per seed plus an "
                                                        "aggregate row (mean ± sd over seeds)"),
-        variant: Optional[str] = typer.Option(None, help="a [variants.NAME] of the system (ablations)"),
+        variant: Optional[str] = typer.Option(
+            None, help=r"a variant of the system: a \[variants.NAME] table of its system.toml (ablations)"),
         board: str = typer.Option("local", help="leaderboard: a NAME (leaderboards/NAME.parquet) or a .parquet "
                                                 "path; 'none' appends nowhere"),
         accelerator: str = typer.Option("cpu", help="cpu | gpu"),
