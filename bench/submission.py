@@ -111,14 +111,15 @@ class Deployment:
             raise SubmissionError(f"deployment form {form!r} is not one of {', '.join(FORMS)}")
         self.arch, self.arch_config, self.form = arch, dict(arch_config), form
         self.state = {k: v.detach().clone() for k, v in state.items()}
-        self.info = dict(info or {})  # e.g. the PTQ calibration record, shown in the row's notes
+        self.info = dict(info or {})  # e.g. the PTQ calibration record and its ``quantization`` recipe
         model = create_model(arch, **self.arch_config).eval()
         self.frontend = model.frontend
         self.input_shape = model.input_shape()
         if form.startswith("int8"):
             self.float_net = model.net                 # counted: the architecture before conversion
             self.net = convert_prepared(prepared) if prepared is not None else \
-                rebuild_int8(model.net, torch.zeros(self.input_shape), self.state, qat=form == "int8-qat")
+                rebuild_int8(model.net, torch.zeros(self.input_shape), self.state, qat=form == "int8-qat",
+                             recipe=self.info.get("quantization"))
         else:
             model.net.load_state_dict(self.state)
             self.float_net = model.net
@@ -141,12 +142,14 @@ class Deployment:
         return cls(_arch(model), model.arch_config, dtype, state)
 
     @classmethod
-    def ptq(cls, model: ASCModel, calibration_batches: Sequence[torch.Tensor], info: Mapping | None = None
-            ) -> "Deployment":
+    def ptq(cls, model: ASCModel, calibration_batches: Sequence[torch.Tensor], info: Mapping | None = None,
+            recipe: Mapping[str, Any] | None = None) -> "Deployment":
         """Static INT8 post-training quantization of a registry model, observed on ``calibration_batches``
-        (features of validation clips, never test clips)."""
+        (features of validation clips, never test clips); ``recipe`` (observer, ranges, float modules:
+        ``bench.score.quantize``) is kept in the record as ``quantization`` and rebuilds the same model."""
         example = torch.zeros(model.input_shape())
-        observed = observe_static(model.net, calibration_batches, example)
+        observed = observe_static(model.net, calibration_batches, example, recipe)
+        info = {**(info or {}), **({"quantization": dict(recipe)} if recipe else {})}
         return cls(_arch(model), model.arch_config, "int8-ptq", observed.state_dict(), info, prepared=observed)
 
     @classmethod

@@ -51,6 +51,13 @@ def test_a_linear_probe_trains_the_head_only_and_keeps_the_encoder_in_eval_mode(
     assert changed == trained
 
 
+def test_a_linear_probe_of_a_network_without_a_head_is_a_config_error():
+    model = create_model("tfsepnet_smoke")
+    del model.net.head
+    with pytest.raises(ConfigError, match="trainable = 'head': TFSepNet has no classifier head"):
+        ClassifierTask(model, OptimConfig.from_config({"trainable": "head"}))
+
+
 def test_masked_patch_pre_training_refuses_mixup_and_networks_without_patches():
     with pytest.raises(ValueError, match="mixup"):
         MaskedPatchTask(create_model("beats_tiny"), OptimConfig.from_config({"mixup_alpha": 0.3}))

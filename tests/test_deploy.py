@@ -31,7 +31,8 @@ def _qat_state(model) -> dict:
 
 @pytest.fixture(scope="module")
 def mixed() -> ModelSubmission:
-    """Four forms, two architectures with different front-ends (input 256x65 and 256x64)."""
+    """Four forms, three architectures with different front-ends (input 256x65, 256x64, 128x64); one PTQ model with
+    a quantization recipe."""
     calib = _model("dsflexinet_sm1", 2)
     feats = calib.frontend(0.1 * torch.randn(16, 32_000, generator=torch.Generator().manual_seed(7)))
     qat = _model("dsflexinet_sm1", 3)
@@ -40,6 +41,9 @@ def mixed() -> ModelSubmission:
         "a": Deployment.float(_model("cpmobile_baseline", 1), "float32"),
         "b": Deployment.ptq(calib, list(torch.split(feats, 8))),
         "c": Deployment.qat(qat, _qat_state(qat)),
+        "s2": Deployment.ptq(_model("tfsepnet_smoke", 4), list(torch.split(
+            _model("tfsepnet_smoke", 4).frontend(0.1 * torch.randn(16, 32_000)), 8)),
+            recipe={"activation_observer": "minmax", "reduce_range": False, "float_modules": ["ResidualNorm"]}),
     })
 
 
@@ -48,16 +52,17 @@ def _waves(n: int = 12) -> torch.Tensor:
 
 
 def test_every_form_round_trips_bit_for_bit_on_every_device(mixed, tmp_path):
-    devices = ["unknown", "a", "b", "c", "s4", "s1"] * 2
+    devices = ["unknown", "a", "b", "c", "s4", "s1", "s2"] * 2
     waves = _waves(len(devices))
     before = mixed.predict(waves, devices)
     save_submission(mixed, tmp_path / "sub", {"system": "test"})
     loaded = load_submission(tmp_path / "sub")
     assert {d: dep.form for d, dep in loaded.deployments.items()} == {
-        "unknown": "float16", "a": "float32", "b": "int8-ptq", "c": "int8-qat"}
+        "unknown": "float16", "a": "float32", "b": "int8-ptq", "c": "int8-qat", "s2": "int8-ptq"}
+    assert loaded.deployments["s2"].info["quantization"]["float_modules"] == ["ResidualNorm"]  # rebuilt with it
     after = loaded.predict(waves, devices)
     assert torch.equal(before, after)
-    for form_device in ("unknown", "a", "b", "c"):  # each form on its own, too (a batch of one device)
+    for form_device in ("unknown", "a", "b", "c", "s2"):  # each form on its own, too (a batch of one device)
         one = [form_device] * 4
         assert torch.equal(mixed.predict(waves[:4], one), loaded.predict(waves[:4], one))
     assert loaded.get_model_for_device("s4") is loaded.get_model_for_device("unknown")

@@ -10,10 +10,10 @@ from torch import nn
 from torchinfo import summary
 
 from bench.models import create_model, model_config
-from bench.models.pretrained import HEAD_PREFIXES, load_pretrained
+from bench.models.pretrained import HEAD_PREFIXES, checked_weights, load_pretrained
 from bench.models.resnorm import ResidualNorm
 from bench.models.tfsepnet import ChannelShuffle, TFSepNet
-from bench.score.quantize import convert_prepared, int8_size, observe_static
+from bench.score.quantize import QuantizationError, convert_prepared, int8_size, observe_static
 
 ONE_SECOND = 32_000
 SHAPE = (1, 1, 512, 64)
@@ -162,6 +162,22 @@ def test_pretrained_weights_drop_only_the_head():
     assert state["net.head.conv.weight"].shape == (10, 40, 1, 1)  # 2.5 x base 16
 
 
+def test_a_local_pretrained_checkpoint_is_checked_key_by_key(tmp_path):
+    """adaptf_sepnet's `pretrain.checkpoint`: a bare state dict or a `pretrain` stage artifact; the wrong
+    architecture or a missing file is a one-line error naming the file."""
+    pre = create_model("tfsepnet_smoke", n_classes=36)
+    torch.save(pre.state_dict(), tmp_path / "bare.pt")
+    torch.save({"weights": pre.state_dict()}, tmp_path / "artifact.pt")
+    for name in ("bare.pt", "artifact.pt"):
+        model = create_model("tfsepnet_smoke")
+        checked_weights(model, tmp_path / name)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in pre.state_dict().items() if "head" not in k)
+    with pytest.raises(ValueError, match=r"bare.pt: .*shape .* \(expected the state dict of tfsepnet_smoke\)"):
+        checked_weights(create_model("tfsepnet_smoke", base_channels=8), tmp_path / "bare.pt")
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        checked_weights(create_model("tfsepnet_smoke"), tmp_path / "missing.pt")
+
+
 # --- INT8 --------------------------------------------------------------------------------------------------------
 
 def test_fx_static_ptq(tf64):
@@ -183,3 +199,25 @@ def test_fx_static_ptq(tf64):
     # 1 B per conv weight; BN (folded) and the classifier bias are stored as float32 biases
     assert size.quantized_values == sum(c.weight.numel() for c in convs) == 121_408
     assert size.quantized_values <= 128_000
+
+
+def test_a_ptq_recipe_keeps_resnorm_in_float_and_changes_the_observer():
+    """``float_modules``: ResNorm runs in float between a dequantize and a quantize (the authors' INC setup kept it
+    out of int8); ``activation_observer``/``reduce_range`` change the activation ranges; bad recipes fail clearly."""
+    model = create_model("tfsepnet_smoke").eval()
+    feats = model.features(0.1 * torch.randn(8, ONE_SECOND, generator=torch.Generator().manual_seed(3)))
+    default = convert_prepared(observe_static(model.net, [feats], feats[:1]))
+    floats = convert_prepared(observe_static(model.net, [feats], feats[:1], {"float_modules": ["ResidualNorm"]}))
+    assert "quantized.instance_norm" in default.code and "quantized.instance_norm" not in floats.code
+    norms = [n for n, m in model.net.named_modules() if isinstance(m, ResidualNorm)]
+    assert norms and all(isinstance(floats.get_submodule(n), ResidualNorm) for n in norms)
+    assert int8_size(floats).n_quantized_tensors == int8_size(default).n_quantized_tensors  # every conv still int8
+    scales = {}
+    for name, recipe in [("histogram", {}), ("minmax", {"activation_observer": "minmax", "reduce_range": False})]:
+        q = convert_prepared(observe_static(model.net, [feats], feats[:1], recipe))
+        scales[name] = float(q.get_buffer(next(b for b, _ in q.named_buffers() if b.endswith("input_scale_0"))))
+    assert scales["minmax"] != scales["histogram"]
+    with pytest.raises(QuantizationError, match="unknown keys observer"):
+        observe_static(model.net, [feats], feats[:1], {"observer": "minmax"})
+    with pytest.raises(QuantizationError, match="float_modules: no LayerNorm module in TFSepNet"):
+        observe_static(model.net, [feats], feats[:1], {"float_modules": ["LayerNorm"]})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 
@@ -32,3 +33,25 @@ def load_pretrained(model: ASCModel, state: Mapping[str, torch.Tensor],
         raise ValueError(f"pre-trained weights hold keys the model does not have, e.g. {unexpected[0]}")
     model.load_state_dict({**{k: state[k] for k in own if k not in dropped}, **{k: own[k] for k in dropped}})
     return dropped
+
+
+def local_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a local checkpoint file: a bare state dict, or a stage artifact holding it under
+    ``weights`` (a ``pretrain`` stage's). Never downloaded: a missing file is a FileNotFoundError saying so."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint {file} not found (the harness never downloads weights; put the file "
+                                "there)")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    return state.get("weights", state) if isinstance(state, dict) else state
+
+
+def checked_weights(model: ASCModel, path: str | Path) -> dict[str, torch.Tensor]:
+    """The pre-trained weights in a local checkpoint, checked key by key against ``model``'s architecture (its
+    head may differ) and loaded into it; a ValueError names the file and the first mismatch."""
+    state = local_state(path)
+    try:
+        load_pretrained(model, state)
+    except ValueError as exc:
+        raise ValueError(f"{Path(path).expanduser()}: {exc} (expected the state dict of {model.arch_name})") from None
+    return state

@@ -35,8 +35,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -52,7 +53,9 @@ def _quiet() -> Iterator[None]:
 
 
 with _quiet():
-    from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+    from torch.ao.quantization import (HistogramObserver, MinMaxObserver, QConfig, QConfigMapping,
+                                       get_default_qat_qconfig_mapping, get_default_qconfig_mapping)
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
 
 
@@ -79,13 +82,58 @@ def _select_engine(engine: str | None = None) -> None:
     torch.backends.quantized.engine = engine
 
 
-def _prepare(net: nn.Module, example_input: torch.Tensor, qat: bool) -> nn.Module:
-    model = copy.deepcopy(net).float().cpu().train(qat)
+ACTIVATION_OBSERVERS = {"histogram": HistogramObserver, "minmax": MinMaxObserver}
+RECIPE_KEYS = ("activation_observer", "reduce_range", "float_modules")
+
+
+def _mapping(net: nn.Module, qat: bool, recipe: Mapping[str, Any] | None
+             ) -> tuple[QConfigMapping, PrepareCustomConfig | None]:
+    """The backend's default qconfig mapping, changed by a post-training ``recipe`` (keys ``RECIPE_KEYS``, each
+    optional): ``activation_observer`` ("histogram", the default, or "minmax"), ``reduce_range`` (7-bit activations;
+    default: the backend's, true for x86) and ``float_modules`` (class names of submodules kept in float, between a
+    dequantize and a quantize, e.g. ``["ResidualNorm"]``: parameter-free normalisations whose int8 kernel loses
+    accuracy)."""
     backend = _qconfig_backend()
     mapping = get_default_qat_qconfig_mapping(backend) if qat else get_default_qconfig_mapping(backend)
+    if not recipe:
+        return mapping, None
+    unknown = sorted(set(recipe) - set(RECIPE_KEYS))
+    if unknown or qat:
+        raise QuantizationError(f"quantization recipe: {'a recipe is for static PTQ, not QAT' if qat else ''}"
+                                f"{'unknown keys ' + ', '.join(unknown) if unknown else ''} "
+                                f"(keys: {', '.join(RECIPE_KEYS)})")
+    name = recipe.get("activation_observer") or "histogram"
+    if name not in ACTIVATION_OBSERVERS:
+        raise QuantizationError(f"activation_observer {name!r} is not one of {', '.join(ACTIVATION_OBSERVERS)}")
+    default = mapping.global_qconfig
+    reduce_range = recipe.get("reduce_range")
+    observer = ACTIVATION_OBSERVERS[name].with_args(
+        reduce_range=default.activation.p.keywords.get("reduce_range", False) if reduce_range is None
+        else bool(reduce_range))
+    mapping.set_global(QConfig(activation=observer, weight=default.weight))
+    for kind, qconfig in list(mapping.object_type_qconfigs.items()):  # LayerNorm etc. share the global observer
+        if qconfig is not None and qconfig.activation is default.activation:
+            mapping.set_object_type(kind, QConfig(activation=observer, weight=qconfig.weight))
+    floats = list(recipe.get("float_modules") or [])
+    if not floats:
+        return mapping, None
+    classes = {type(m).__name__: type(m) for m in net.modules()}
+    missing = [f for f in floats if f not in classes]
+    if missing:
+        raise QuantizationError(f"float_modules: no {', '.join(missing)} module in {type(net).__name__}")
+    for f in floats:
+        mapping.set_object_type(classes[f], None)
+    return mapping, PrepareCustomConfig().set_non_traceable_module_classes([classes[f] for f in floats])
+
+
+def _prepare(net: nn.Module, example_input: torch.Tensor, qat: bool,
+             recipe: Mapping[str, Any] | None = None) -> nn.Module:
+    model = copy.deepcopy(net).float().cpu().train(qat)
+    mapping, custom = _mapping(net, qat, recipe)
     try:
         with _quiet():
-            return (prepare_qat_fx if qat else prepare_fx)(model, mapping, (example_input,))
+            return (prepare_qat_fx if qat else prepare_fx)(model, mapping, (example_input,),
+                                                           prepare_custom_config=custom)
     except Exception as err:
         raise QuantizationError(f"FX graph-mode tracing/preparation failed: {type(err).__name__}: {err}") from err
 
@@ -104,11 +152,12 @@ def _convert(prepared: nn.Module, engine: str | None = None) -> nn.Module:
 
 
 def observe_static(net: nn.Module, calibration_batches: Iterable[torch.Tensor],
-                   example_input: torch.Tensor) -> nn.Module:
+                   example_input: torch.Tensor, recipe: Mapping[str, Any] | None = None) -> nn.Module:
     """The first half of post-training static quantization: a prepared copy of ``net`` whose observers have seen
     ``calibration_batches`` (feature batches from training/validation clips). Its ``state_dict`` (weights and
-    observer ranges) is what an INT8 model is rebuilt from (:func:`rebuild_int8`); ``net`` is not modified."""
-    prepared = _prepare(net, example_input, qat=False)
+    observer ranges) and the ``recipe`` (see :func:`_mapping`) are what an INT8 model is rebuilt from
+    (:func:`rebuild_int8`); ``net`` is not modified."""
+    prepared = _prepare(net, example_input, qat=False, recipe=recipe)
     n_batches = 0
     with torch.no_grad(), _quiet():
         for batch in calibration_batches:
@@ -120,11 +169,12 @@ def observe_static(net: nn.Module, calibration_batches: Iterable[torch.Tensor],
 
 
 def quantize_static(net: nn.Module, calibration_batches: Iterable[torch.Tensor],
-                    example_input: torch.Tensor, engine: str | None = None) -> nn.Module:
+                    example_input: torch.Tensor, engine: str | None = None,
+                    recipe: Mapping[str, Any] | None = None) -> nn.Module:
     """Post-training static quantization: observe activation ranges on ``calibration_batches``, then convert.
     ``engine`` overrides the kernels (``"x86"``, ``"fbgemm"``, ...; benchmarks compare them); the quantized weights
     and scales do not depend on it."""
-    return _convert(observe_static(net, calibration_batches, example_input), engine)
+    return _convert(observe_static(net, calibration_batches, example_input, recipe), engine)
 
 
 def prepare_qat(net: nn.Module, example_input: torch.Tensor) -> nn.Module:
@@ -139,11 +189,12 @@ def convert_prepared(prepared: nn.Module) -> nn.Module:
     return _convert(prepared)
 
 
-def rebuild_int8(net: nn.Module, example_input: torch.Tensor, prepared_state: dict, qat: bool) -> nn.Module:
+def rebuild_int8(net: nn.Module, example_input: torch.Tensor, prepared_state: dict, qat: bool,
+                 recipe: Mapping[str, Any] | None = None) -> nn.Module:
     """The INT8 model from a float network of the same architecture and a stored prepared state dict: observed
-    (:func:`observe_static`, ``qat=False``) or QAT-fine-tuned (:func:`prepare_qat`, ``qat=True``). Converted models
-    do not round-trip through ``state_dict``; prepared ones do, bit for bit."""
-    prepared = _prepare(net, example_input, qat=qat)
+    (:func:`observe_static` with its ``recipe``, ``qat=False``) or QAT-fine-tuned (:func:`prepare_qat`,
+    ``qat=True``). Converted models do not round-trip through ``state_dict``; prepared ones do, bit for bit."""
+    prepared = _prepare(net, example_input, qat=qat, recipe=recipe)
     try:
         prepared.load_state_dict(prepared_state)
     except RuntimeError as err:

@@ -19,7 +19,7 @@ from bench.config import Key, Schema
 from bench.data.clips import ClipSet
 from bench.models.base import ASCModel
 from bench.score.metrics import macro_accuracy
-from bench.score.quantize import observe_static
+from bench.score.quantize import ACTIVATION_OBSERVERS, RECIPE_KEYS, observe_static
 from bench.submission import UNKNOWN, Deployment, ModelSubmission
 from bench.train.stages import StageContext
 
@@ -28,6 +28,14 @@ PTQ = Schema("ptq", {
     "min_device_clips": Key(int, 64, "fewer validation clips of a device than this: calibrate on all of them"),
     "max_int8_drop": Key(float, 0.01, "largest INT8 - float loss of validation macro accuracy accepted silently"),
     "calib_batch_size": Key(int, 64, "clips per calibration batch"),
+    "activation_observer": Key(str, "histogram", "how activation ranges are observed: histogram (the x86 default, "
+                               "minimises the quantization error) or minmax (the observed extremes)",
+                               choices=tuple(ACTIVATION_OBSERVERS)),
+    "reduce_range": Key(bool, None, "7-bit activations (default: the backend's, true for x86: fbgemm's AVX2 "
+                        "kernels can saturate with 8 bits)"),
+    "float_modules": Key(list, [], "class names of submodules kept in float between a dequantize and a quantize "
+                         "(e.g. [\"ResidualNorm\"]: a parameter-free normalisation; their parameters, if any, count "
+                         "in float32)"),
 })
 
 
@@ -44,11 +52,14 @@ def _macro(clips: ClipSet, logits: np.ndarray) -> float:
     return macro_accuracy(labels, (logits.argmax(1) == labels).astype(np.float64), len(clips.classes))
 
 
-def quantize_per_device(ctx: StageContext, models: Mapping[str, ASCModel]) -> dict[str, Any]:
+def quantize_per_device(ctx: StageContext, models: Mapping[str, ASCModel], what: str = "device model"
+                        ) -> dict[str, Any]:
     """INT8 of each ``{device: float model}`` (``unknown``: the general model), calibrated and checked on
     validation clips. Returns artifacts for :func:`ptq_submission`: per device the architecture, the observed
-    prepared state and the calibration/accuracy record."""
+    prepared state and the calibration/accuracy record (with the quantization recipe). ``what`` names the models
+    in the log."""
     cfg = ctx.config
+    recipe = {k: cfg[k] for k in RECIPE_KEYS}
     val = ctx.clips("val")
     rng = np.random.default_rng(ctx.seed)
     out: dict[str, Any] = {"models": {}, "report": {}}
@@ -61,11 +72,12 @@ def quantize_per_device(ctx: StageContext, models: Mapping[str, ASCModel]) -> di
         chosen = ClipSet(calib.store, calib.frame.iloc[pick], calib.classes, calib.device_vocab)
         with torch.inference_mode():
             feats = model.frontend(torch.from_numpy(chosen.store.waveforms(chosen.rows)))
-        observed = observe_static(model.net, list(torch.split(feats, cfg["calib_batch_size"])), feats[:1])
+        observed = observe_static(model.net, list(torch.split(feats, cfg["calib_batch_size"])), feats[:1], recipe)
         record = {"calibration": f"{len(chosen)} validation clips of " + (
             f"all devices ({device} has {len(own)} < {cfg['min_device_clips']})" if fallback and device != UNKNOWN
-            else "all devices" if device == UNKNOWN else f"device {device}")}
-        deployed = Deployment(model.arch_name, model.arch_config, "int8-ptq", observed.state_dict(), prepared=observed)
+            else "all devices" if device == UNKNOWN else f"device {device}"), "quantization": recipe}
+        deployed = Deployment(model.arch_name, model.arch_config, "int8-ptq", observed.state_dict(), record,
+                              prepared=observed)
         check = own if len(own) else val
         float_acc = _macro(check, _logits(model.frontend, model.net, check))
         int8_acc = _macro(check, _logits(deployed.frontend, deployed.net, check))
@@ -75,7 +87,7 @@ def quantize_per_device(ctx: StageContext, models: Mapping[str, ASCModel]) -> di
         out["models"][device] = {"arch": model.arch_name, "arch_config": model.arch_config,
                                  "state": observed.state_dict()}
         out["report"][device] = record
-        ctx.env.console.print(f"    INT8 {device}: validation {100 * float_acc:.1f} → {100 * int8_acc:.1f} % "
+        ctx.env.console.print(f"    INT8 {what} {device}: validation {100 * float_acc:.1f} → {100 * int8_acc:.1f} % "
                               f"({record['calibration']})")
     return out
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.config import Key, Schema
+from bench.config import ConfigError, Key, Schema
 from bench.models.base import ASCModel
 from bench.train.optim import warmup_cosine
 
@@ -126,6 +126,10 @@ class ClassifierTask(L.LightningModule):
         self._val_targets: list[torch.Tensor] = []
         self.val_history: list[dict[str, float]] = []
         if optim.trainable == "head":
+            if not isinstance(getattr(model.net, "head", None), nn.Module) or not any(
+                    True for _ in model.net.head.parameters()):
+                raise ConfigError(f"trainable = 'head': {type(model.net).__name__} has no classifier head `net.head` "
+                                  "with parameters to train; use trainable = 'all'")
             for name, param in model.named_parameters():
                 param.requires_grad_(name.startswith("net.head."))
 

@@ -35,7 +35,7 @@ from bench.models import check_model_options, create_model
 from bench.models.base import ASCModel
 from bench.models.beats import load_beats_checkpoint
 from bench.models.passt import load_passt_checkpoint
-from bench.models.pretrained import load_pretrained
+from bench.models.pretrained import load_pretrained, local_state
 from bench.paths import data_home
 from bench.score.leaderboard import has_row_of
 from bench.score.metrics import macro_accuracy
@@ -156,7 +156,7 @@ def _load_checkpoint(model: ASCModel, cfg: dict[str, Any]) -> None:
     elif cfg["model"].startswith("beats"):
         load_beats_checkpoint(model, path)
     else:
-        model.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.net.load_state_dict(local_state(path))
 
 
 def pretrain_recipe(ctx: StageContext, table: dict[str, Any], where: str) -> tuple[dict[str, Any], Any]:
@@ -443,12 +443,12 @@ def distillation(ctx: StageContext, stage: str = "teachers") -> tuple[Any, Any]:
     return kd_loss_from_config(ctx.config), targets.extras
 
 
-def fit_distilled(ctx: StageContext, model: ASCModel) -> ASCModel:
+def fit_distilled(ctx: StageContext, model: ASCModel) -> ClassifierTask:
     """Train ``model`` on the stage's fit clips with its configured distillation (or plain cross-entropy), validated
-    on the validation clips: the distillation stage of a system that declares ``KD``."""
+    on the validation clips: the distillation stage of a system that declares ``KD``. The fitted task holds the
+    trained ``model`` and the ``final_optimizer_state`` a later fit may resume."""
     loss, extras = distillation(ctx)
-    ctx.fit(make_task(ctx, model, ctx.config, loss), ctx.clips("fit"), ctx.clips("val"), extras=extras)
-    return model
+    return ctx.fit(make_task(ctx, model, ctx.config, loss), ctx.clips("fit"), ctx.clips("val"), extras=extras)
 
 
 def teacher_submissions(ctx: StageContext, stage: str = "teachers") -> dict[str, tuple[ModelSubmission, str]]:

@@ -21,21 +21,17 @@ Deployment: INT8 per device (126,858 parameters = 126,858 B each, under 128,000 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
 from bench.config import Key, Schema, reads
 from bench.distill import KD
 from bench.models import MODEL
-from bench.models.pretrained import load_pretrained
+from bench.models.pretrained import checked_weights, load_pretrained
 from bench.submission import UNKNOWN, ModelSubmission
 from bench.train.ptq import PTQ, ptq_submission, quantize_per_device
 from bench.train.recipes import AUGMENT, PER_DEVICE, fine_tune_per_device, make_task, per_device_config
 from bench.train.stages import StageError
 from bench.train.task import OPTIM
-from bench.train.teachers import PRETRAIN, distillation, pretrain_recipe, pretrained_weights, teacher_stage, \
-    teacher_submissions
+from bench.train.teachers import PRETRAIN, distillation, fit_distilled, pretrain_recipe, pretrained_weights, \
+    teacher_stage, teacher_submissions
 
 teachers = teacher_stage
 
@@ -60,28 +56,15 @@ CHECKPOINT = Schema("checkpoint", {
 @reads(MODEL, PRETRAIN, CHECKPOINT)
 def pretrain(ctx) -> dict:
     if ctx.config["checkpoint"]:
-        return {"weights": local_weights(ctx, ctx.config["checkpoint"])}
+        try:
+            return {"weights": checked_weights(ctx.create_model(), ctx.config["checkpoint"])}
+        except (FileNotFoundError, ValueError) as exc:
+            raise StageError(f"{ctx.env.spec.name}/pretrain: {exc}; or drop `checkpoint` to pre-train here") from None
     recipe, corpus = pretrain_recipe(ctx, {k: ctx.config[k] for k in PRETRAIN.keys}, "pretrain")
     weights, budget = pretrained_weights(ctx, {"model": ctx.config["model"],
                                                "model_options": ctx.config["model_options"]}, recipe, corpus)
     ctx.add_budget(budget)
     return {"weights": weights}
-
-
-def local_weights(ctx, path: str) -> dict:
-    """A local checkpoint's weights, checked key by key against the architecture (its head may differ)."""
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise StageError(f"{ctx.env.spec.name}/pretrain: checkpoint {file} not found (the harness never downloads "
-                         "weights; put the file there or drop `checkpoint` to pre-train here)")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    state = state.get("weights", state)  # a `pretrain` stage artifact, or a bare state dict
-    model = ctx.create_model()
-    try:
-        load_pretrained(model, state)
-    except ValueError as exc:
-        raise StageError(f"{file}: {exc} (expected the state dict of {ctx.config['model']})") from None
-    return state
 
 
 @reads(MODEL, OPTIM, AUGMENT, FINETUNE)
@@ -95,10 +78,8 @@ def finetune(ctx) -> dict:
 
 @reads(MODEL, OPTIM, AUGMENT, KD)
 def distill(ctx) -> dict:
-    model = ctx.create_model(state=ctx.previous["finetune"]["model"])
-    loss, extras = distillation(ctx)
-    task = ctx.fit(make_task(ctx, model, ctx.config, loss), ctx.clips("fit"), ctx.clips("val"), extras=extras)
-    return {"general": model.state_dict(), "optimizer": task.final_optimizer_state}
+    task = fit_distilled(ctx, ctx.create_model(state=ctx.previous["finetune"]["model"]))
+    return {"general": task.model.state_dict(), "optimizer": task.final_optimizer_state}
 
 
 @reads(MODEL, OPTIM, AUGMENT, KD, PER_DEVICE, DEVICE_SPECIFIC)
@@ -121,7 +102,7 @@ def quantize(ctx) -> dict:
     general = ctx.create_model(state=ctx.previous["distill"]["general"])
     devices = {d: ctx.create_model(state=s) for d, s in ctx.previous["device_specific"].items()}
     devices.setdefault(UNKNOWN, general)
-    return {"devices": quantize_per_device(ctx, devices), "general": quantize_per_device(ctx, {UNKNOWN: general})}
+    return {"devices": quantize_per_device(ctx, devices), "general": quantize_per_device(ctx, {UNKNOWN: general}, what="general model for")}
 
 
 @reads(MODEL)

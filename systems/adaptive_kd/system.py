@@ -27,7 +27,7 @@ teachers = teacher_stage
 
 @reads(MODEL, OPTIM, AUGMENT, KD)
 def distill(ctx) -> dict:
-    return {"general": fit_distilled(ctx, ctx.create_model()).state_dict()}
+    return {"general": fit_distilled(ctx, ctx.create_model()).model.state_dict()}
 
 
 @reads(MODEL, OPTIM, AUGMENT, PER_DEVICE)
