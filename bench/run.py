@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+import torch
 from rich.console import Console
 
 from bench.data.clips import ClipSet
@@ -30,6 +31,7 @@ from bench.score.seeds import AggregateError, aggregate_rows
 from bench.score.scorer import InputCache, ScoreOptions, ScoreResult, score_submission, unreadable_note
 from bench.submission import ModelSubmission, Submission, SubmissionError, save_submission
 from bench.system import RUN, SystemSpec, check_system, load_system
+from bench.threads import choose_threads
 from bench.train.stages import (RunEnv, StageContext, StageData, StageError, StageOutcome, budget_columns,
                                 external_data, run_stage)
 
@@ -79,11 +81,14 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
                variant: str | None = None, board: Path | None = None, accelerator: str = "cpu",
                devices: int = 1, train_split: str | None = None, progress: bool = True, num_nodes: int = 1,
                console: Console | None = None, score_options: ScoreOptions | None = None,
-               splits_dir: str | None = None, until: str | None = None) -> RunResult:
+               splits_dir: str | None = None, until: str | None = None, threads: int | None = None) -> RunResult:
     """Train every stage of a system (cached ones reused), build its submissions, score them on the test split and
     append the rows to ``board``. ``until`` stops after that stage: nothing is built or scored, so a recipe can be
-    tuned on what the stages report on the validation split (e.g. the teachers' accuracy) without a test number."""
+    tuned on what the stages report on the validation split (e.g. the teachers' accuracy) without a test number.
+    ``threads``: CPU threads (default: :func:`bench.threads.choose_threads`)."""
     console = console or Console()
+    n_threads, why_threads = choose_threads(threads)
+    torch.set_num_threads(n_threads)
     spec = load_system(system)
     check_system(spec)  # every profile and variant, before anything trains
     if until is not None and until not in spec.stages:
@@ -110,17 +115,18 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
         return stage_data(other, other_manifest, other_manifest.train_split, val_fraction)
 
     env = RunEnv(spec, profile, variant, seed, resolved, run_data, data_home() / "cache" / "stages", accelerator,
-                 devices, num_nodes, progress, console, load_external=external, board=board)
+                 devices, num_nodes, progress, console, load_external=external, board=board, threads=n_threads)
     run_dir = _run_folder(spec, profile, variant, seed, started)
     console.print(f"[bold]{spec.name}[/] ({profile}{', ' + variant if variant else ''}, seed {seed}) on "
                   f"{manifest.name}: {len(run_data.fit)} training / {len(run_data.val)} validation clips; "
-                  f"run folder {run_dir}")
+                  f"{n_threads} thread{'s' if n_threads > 1 else ''} ({why_threads}); run folder {run_dir}")
 
     validation = {"split": split, "fraction": val_fraction,
                   "locations": sorted(run_data.val.frame["identifier"].dropna().unique().tolist())}
     record = {"system": spec.name, "system_folder": str(spec.path), "profile": profile, "variant": variant,
               "seed": seed, "dataset": manifest.name, "dataset_fingerprint": store.fingerprint, "train_split": split,
-              "validation": validation, "started_at": started.isoformat()}
+              "validation": validation, "started_at": started.isoformat(), "threads": n_threads,
+              "threads_chosen": why_threads}
     result = RunResult(run_dir)
     previous: dict[str, dict[str, Any]] = {}
     upstream: dict[str, str] = {}

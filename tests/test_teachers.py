@@ -3,6 +3,7 @@ training budget every row records."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from rich.console import Console
 
 from bench.run import run_system
 from bench.score.scorer import ScoreOptions
@@ -65,8 +67,16 @@ def epoch_losses(fit_dir: Path) -> list[float]:
 
 def test_pretraining_is_shared_drops_the_head_and_every_row_counts_its_budget(tmp_path, smoke_dataset,
                                                                               isolated_data_home):
-    result = run_system(write(tmp_path / "gate", 0.0, "flag"), str(smoke_dataset), "smoke", board=None,
-                        progress=False, score_options=FAST)
+    """On 2 threads a forked helper process trains the second teacher while the run trains the first (both wait
+    for the one shared pre-training): every row and budget is what one process would have produced."""
+    log = io.StringIO()
+    folder = write(tmp_path / "gate", 0.0, "flag")
+    toml = (folder / "system.toml").read_text()  # teachers of their own: other tests train the seed-1/2 ones
+    (folder / "system.toml").write_text(toml.replace("seed = 1,", "seed = 11,").replace("seed = 2,", "seed = 12,"))
+    result = run_system(folder, str(smoke_dataset), "smoke", board=None,
+                        progress=False, score_options=FAST, threads=2, console=Console(file=log, width=300))
+    assert "2 teachers to train: 2 processes, 1 thread each" in log.getvalue()
+    assert torch.get_num_threads() == 2  # the run's threads are back after the teachers
     entries = [p for p in (isolated_data_home / "cache" / "pretrained").glob("cpresnet_half-*/done.json")
                if json.loads(p.read_text())["static"]["model_options"] == {"n_mels": 32}]  # other tests pre-train too
     assert len(entries) == 1  # one checkpoint per (architecture, corpus, recipe), shared by both teachers

@@ -93,6 +93,8 @@ def run(system: str = typer.Argument(..., help="system folder (e.g. systems/base
                                                             "next to the data"),
         until: Optional[str] = typer.Option(None, help="stop after this stage (e.g. teachers): nothing is built or "
                                                        "scored, for tuning on the validation split"),
+        threads: Optional[int] = typer.Option(None, help="CPU threads to compute with (default: $ASCBENCH_THREADS, "
+                                                          "$OMP_NUM_THREADS, or the cores free when the run starts)"),
         progress: bool = typer.Option(True, help="show training progress bars"),
         int8: bool = typer.Option(True, help="also quantize float submissions to INT8 (static PTQ) and score that"),
         energy: bool = typer.Option(True, help="also measure inference energy per clip"),
@@ -108,7 +110,7 @@ def run(system: str = typer.Argument(..., help="system folder (e.g. systems/base
         kwargs = dict(data=data, profile=profile, variant=variant, accelerator=accelerator, devices=devices,
                       train_split=train_split, progress=progress and not as_json, num_nodes=num_nodes,
                       score_options=ScoreOptions(seed=seed_list[0], int8=int8, energy=energy), splits_dir=splits_dir,
-                      until=until)
+                      until=until, threads=threads)
         try:
             if len(seed_list) == 1:
                 results, aggregates = [run_system(system, seed=seed_list[0], board=target, console=console,

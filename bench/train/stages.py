@@ -14,6 +14,7 @@ import logging
 import shutil
 import signal
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -95,6 +96,8 @@ class RunEnv:
     external: dict[str, StageData] = field(default_factory=dict)  # other datasets stages asked for, by argument
     load_external: Callable[[str], StageData] | None = None
     board: Path | None = None    # where the run's rows go (a teacher already on it is not scored again)
+    threads: int = 1             # CPU threads the run computes with (bench.threads)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # marks cache entries this run trained
 
     @property
     def manifest(self) -> Manifest:

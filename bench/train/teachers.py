@@ -18,6 +18,8 @@ logits or DS-FlexiNet's learned fusion, fitted on the validation clips only (nev
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,6 +283,8 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> TrainedTeacher:
         hit, reasons = entry.lookup()
         if hit:
             note_dependencies(entry.info["dependencies"])  # the stage depends on the code that trained the teacher
+            if entry.info.get("trained_in_run") == ctx.env.run_id:  # by a helper process of this run
+                return TrainedTeacher(entry.load_artifacts()["logits"], False, entry.info.get("budget", []))
             budget = [{**b, "cached": True} for b in entry.info.get("budget", [])]
             return TrainedTeacher(entry.load_artifacts()["logits"], True, budget)
         ctx.env.console.print(f"    teacher {cfg['name']}: training ({'; '.join(reasons)})")
@@ -303,8 +307,60 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> TrainedTeacher:
         own = _fits_since(ctx, first, key=entry.key, teacher=cfg["name"])
         budget += own or [{"fit": cfg["name"], "teacher": cfg["name"], "key": entry.key, "steps": 0, "samples": 0}]
         entry.store({"rows": torch.from_numpy(train.rows.copy()), "logits": logits, "weights": model.state_dict()},
-                    recorder, time.perf_counter() - start, budget=budget, logits_bytes=logits.numel() * 4)
+                    recorder, time.perf_counter() - start, budget=budget, logits_bytes=logits.numel() * 4,
+                    trained_in_run=ctx.env.run_id)
     return TrainedTeacher(logits, False, budget)
+
+
+def start_helpers(ctx: StageContext, cfgs: list[dict[str, Any]]) -> list[mp.process.BaseProcess]:
+    """Fork helper processes that train teachers not cached yet while this process trains them too.
+
+    Small networks use two threads poorly: on 2 free cores, two processes with one thread each train two teachers
+    in less time than one process with two threads trains them one after the other. Process ``k`` starts on the
+    ``k``-th missing teacher and goes on through the list; the cache's per-entry locks make a process that reaches
+    a teacher another one is training wait for it and reuse it, so nothing trains twice and this process, walking
+    the list in order, returns every teacher as before. The run's threads are shared out (this process keeps its
+    share until :func:`join_helpers`). None on one thread, a GPU or under DDP."""
+    if ctx.env.accelerator != "cpu" or ctx.env.multi_process or ctx.env.threads < 2:
+        return []
+    missing = [cfg for cfg in cfgs if not teacher_entry(ctx, cfg, _corpus(ctx, cfg)).lookup()[0]]
+    n = min(ctx.env.threads, len(missing))
+    if n < 2:
+        return []
+    share = ctx.env.threads // n
+    helpers = []
+    for k in range(1, n):
+        helper = mp.get_context("fork").Process(target=_helper, args=(ctx, missing[k:] + missing[:k], share),
+                                                 name=f"teachers-helper-{k}", daemon=True)
+        helper.start()
+        helpers.append(helper)
+    torch.set_num_threads(share)
+    ctx.env.console.print(f"    {len(missing)} teachers to train: {n} processes, {share} thread{'s' * (share > 1)} "
+                          "each")
+    return helpers
+
+
+def _helper(ctx: StageContext, cfgs: list[dict[str, Any]], threads: int) -> None:
+    torch.set_num_threads(threads)
+    ctx.env.progress = False  # one progress bar: the main process's
+    for cfg in cfgs:
+        try:
+            train_teacher(ctx, cfg)
+        except BaseException as exc:  # the main process reaches this teacher, trains it and reports the error
+            ctx.env.console.print(f"    [yellow]helper process: teacher {cfg['name']} failed ({type(exc).__name__}: "
+                                  f"{exc}); the main process trains it[/]")
+            os._exit(1)
+
+
+def join_helpers(ctx: StageContext, helpers: list[mp.process.BaseProcess], stop: bool = False) -> None:
+    """Wait for the helpers (the main process has every teacher by now; ``stop``: it failed, end them) and take
+    the run's threads back."""
+    for helper in helpers:
+        if stop:
+            helper.terminate()
+        helper.join()
+    if helpers:
+        torch.set_num_threads(ctx.env.threads)
 
 
 def validation_quality(logits: torch.Tensor, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -344,9 +400,16 @@ def teacher_stage(ctx: StageContext) -> dict[str, Any]:
                            "quality": {}, "budget": {}}
     floor, max_share, gate = ctx.config["floor"], ctx.config["max_class_share"], ctx.config["gate"]
     n_fit, val_labels = len(ctx.clips("fit")), ctx.clips("val").labels
-    for cfg in teacher_configs(ctx, ctx.stage):
+    cfgs = teacher_configs(ctx, ctx.stage)
+    helpers = start_helpers(ctx, cfgs)
+    try:
+        trained = [train_teacher(ctx, cfg) for cfg in cfgs]
+    except BaseException:
+        join_helpers(ctx, helpers, stop=True)
+        raise
+    join_helpers(ctx, helpers)
+    for cfg, teacher in zip(cfgs, trained):
         name = cfg["name"]
-        teacher = train_teacher(ctx, cfg)
         ctx.add_budget(teacher.budget)
         quality = validation_quality(teacher.logits[n_fit:], val_labels, list(ctx.classes))
         failures = gate_failures(quality, floor, max_share)
