@@ -2,7 +2,8 @@
 
 Each device model is calibrated on its own device's validation clips; a device with fewer than ``min_device_clips``
 of them (and the general ``unknown`` model) is calibrated on all validation clips instead, and the record says so.
-The INT8 model must keep its float model's accuracy on the same validation clips: a drop of more than
+The INT8 model must keep its float model's accuracy on the same validation clips (the device's own, or all of them
+for a device with too few to tell a quantization loss from noise): a drop of more than
 ``max_int8_drop`` (default 1 point of macro class-wise accuracy) is written into the submission's notes, so the
 leaderboard row says it. The test split is never used.
 """
@@ -78,7 +79,7 @@ def quantize_per_device(ctx: StageContext, models: Mapping[str, ASCModel], what:
             else "all devices" if device == UNKNOWN else f"device {device}"), "quantization": recipe}
         deployed = Deployment(model.arch_name, model.arch_config, "int8-ptq", observed.state_dict(), record,
                               prepared=observed)
-        check = own if len(own) else val
+        check = calib  # a few clips of one device (14-23 of s1-s3 here) swing the accuracy by +-10 points
         float_acc = _macro(check, _logits(model.frontend, model.net, check))
         int8_acc = _macro(check, _logits(deployed.frontend, deployed.net, check))
         record.update(validation_clips=len(check), float_val_acc=float_acc, int8_val_acc=int8_acc,
