@@ -7,16 +7,18 @@ configuration and the saved submission; rows point back to it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bench.data.clips import ClipSet
 from bench.data.manifest import Manifest, load_manifest
@@ -77,6 +79,34 @@ def _run_folder(spec: SystemSpec, profile: str, variant: str | None, seed: int, 
             n += 1
 
 
+PHASES = {"generate": "generating the data", "prepare": "packing the store"}
+
+
+@contextlib.contextmanager
+def data_progress(console: Console, bar: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """What generating or packing a dataset inside a run shows: a bar per phase, or (``bar=False``) a line when a
+    phase starts and one when it ends, instead of a minute of silence."""
+    started: dict[str, float] = {}
+    ended: set[str] = set()
+    with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True, disable=not bar) as shown:
+        tasks: dict[str, Any] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            what = PHASES.get(phase, phase)
+            if phase not in started:
+                started[phase] = time.perf_counter()
+                tasks[phase] = shown.add_task(what, total=total)
+                if not bar:
+                    console.print(f"  {what} …")
+            shown.update(tasks[phase], completed=done, total=total)
+            if not bar and done >= total and phase not in ended:
+                ended.add(phase)
+                console.print(f"  {what}: done in {time.perf_counter() - started[phase]:.0f} s")
+
+        yield update
+
+
 def run_system(system: str | Path, data: str | None = None, profile: str = "default", seed: int = 0,
                variant: str | None = None, board: Path | None = None, accelerator: str = "cpu",
                devices: int = 1, train_split: str | None = None, progress: bool = True, num_nodes: int = 1,
@@ -100,7 +130,8 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     started = datetime.now(timezone.utc)
     val_fraction = float(resolved.get("val_fraction", RUN.keys["val_fraction"].default))
 
-    report = resolve(data, profile, splits_dir=splits_dir)
+    with data_progress(console, progress) as show:
+        report = resolve(data, profile, splits_dir=splits_dir, progress=show)
     store = report.store
     manifest = load_manifest(store.info["manifest"])
     notes = []
@@ -110,7 +141,8 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     run_data = stage_data(store, manifest, split, val_fraction)
 
     def external(arg: str) -> StageData:
-        other = resolve(arg, profile).store  # "events": the embedded pre-training corpus of the profile
+        with data_progress(console, progress) as show:
+            other = resolve(arg, profile, progress=show).store  # "events": the profile's pre-training corpus
         other_manifest = load_manifest(other.info["manifest"])
         return stage_data(other, other_manifest, other_manifest.train_split, val_fraction)
 

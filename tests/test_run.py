@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -339,3 +340,22 @@ def test_help_texts_keep_their_bracketed_words():
                 assert shown in " ".join(out.split()), f"bench {name} --help lost {shown!r}"
                 checked += 1
     assert checked >= 2
+
+
+def test_generating_data_inside_a_run_says_so():
+    """Without a bar (--no-progress) a phase prints one line when it starts and one when it ends, once each."""
+    import io
+
+    from rich.console import Console
+
+    from bench.run import data_progress
+
+    log = io.StringIO()
+    with data_progress(Console(file=log, width=200), bar=False) as show:
+        for done in (100, 2000, 5365, 5365):
+            show("generate", done, 5365)
+        show("prepare", 5365, 5365)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "  generating the data …" and re.fullmatch(r"  generating the data: done in \d+ s", lines[1])
+    assert lines[2] == "  packing the store …" and re.fullmatch(r"  packing the store: done in \d+ s", lines[3])
+    assert len(lines) == 4
