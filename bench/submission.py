@@ -15,8 +15,10 @@ state with its observer ranges) and, through the architecture, its front-end. :f
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,9 +119,11 @@ class Deployment:
         self.input_shape = model.input_shape()
         if form.startswith("int8"):
             self.float_net = model.net                 # counted: the architecture before conversion
-            self.net = convert_prepared(prepared) if prepared is not None else \
-                rebuild_int8(model.net, torch.zeros(self.input_shape), self.state, qat=form == "int8-qat",
-                             recipe=self.info.get("quantization"))
+            recipe = self.info.get("quantization")
+            key = digest_of([arch, self.arch_config, form, recipe, _state_digest(self.state)])
+            self.net = _int8_net(key, lambda: convert_prepared(prepared) if prepared is not None else
+                                 rebuild_int8(model.net, torch.zeros(self.input_shape), self.state,
+                                              qat=form == "int8-qat", recipe=recipe))
         else:
             model.net.load_state_dict(self.state)
             self.float_net = model.net
@@ -160,6 +164,32 @@ class Deployment:
     def record(self) -> dict[str, Any]:
         return {"arch": self.arch, "arch_config": self.arch_config, "form": self.form,
                 "input_shape": list(self.input_shape), "frontend": type(self.frontend).__name__, **self.info}
+
+
+_INT8_NETS: OrderedDict[str, nn.Module] = OrderedDict()  # record digest -> converted model, least recent first
+_INT8_NETS_KEPT = 32
+
+
+def _int8_net(key: str, convert: Callable[[], nn.Module]) -> nn.Module:
+    """A copy of the INT8 model of one deployment record, converted once per process: FX preparation and
+    conversion take seconds, and one run rebuilds each device model several times (the check after calibration,
+    every row that scores it, the export). The record (architecture, form, recipe, every tensor of the state)
+    determines the converted model, so a copy of the first conversion is the model any later one would build."""
+    if key not in _INT8_NETS:
+        _INT8_NETS[key] = convert()
+        while len(_INT8_NETS) > _INT8_NETS_KEPT:
+            _INT8_NETS.popitem(last=False)
+    _INT8_NETS.move_to_end(key)
+    return copy.deepcopy(_INT8_NETS[key])
+
+
+def _state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _arch(model: ASCModel) -> str:

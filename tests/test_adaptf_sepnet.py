@@ -4,10 +4,12 @@ them, and an exported package that routes by device id and reproduces the scored
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 import torch
+from rich.console import Console
 
 from bench.augment import DeviceImpulseResponse
 from bench.config import ConfigError, check_table
@@ -75,9 +77,15 @@ def test_a_typo_inside_a_chained_pre_training_is_a_config_error_naming_it():
 @pytest.mark.heavy
 def test_adaptf_sepnet_smoke_end_to_end_and_its_package_reproduces_the_logits(tmp_path, smoke_dataset,
                                                                               exported_package):
-    board = tmp_path / "board.parquet"
+    board, log = tmp_path / "board.parquet", io.StringIO()
     result = run_system("systems/adaptf_sepnet", str(smoke_dataset), "smoke", board=board, progress=False,
-                        score_options=ScoreOptions(int8=False, energy=False, n_boot=10))
+                        score_options=ScoreOptions(int8=False, energy=False, n_boot=10), threads=2,
+                        console=Console(file=log, width=300))
+    # two processes train the teachers and, alongside, the pretrain stage's TF-SepNet pre-training
+    assert "3 teachers and the pretrain stage's tfsepnet_smoke to train: 2 processes" in log.getvalue()
+    assert "stage pretrain: trained" in log.getvalue()
+    pretrain_fits = json.loads((result.run_dir / "run.json").read_text())["stages"][1]["budget"]["fits"]
+    assert [(f["fit"], f["cached"]) for f in pretrain_fits] == [("pretrain-tfsepnet_smoke", False)]  # by this run
     rows = read_board(board).set_index("submission")
     teachers = {"teacher:beats-ssl", "teacher:beats-ssl-sl", "teacher:beats-ssl-frozen"}
     assert set(rows.index) == {"adaptf-sepnet", "adaptf-sepnet-general", "adaptf-sepnet-float", *teachers}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,9 @@ from rich.console import Console
 
 from bench.run import run_system
 from bench.score.scorer import ScoreOptions
+from bench.train.cache import CacheEntry
 from bench.train.stages import StageError
-from bench.train.teachers import gate_failures, gate_verdict, validation_quality
+from bench.train.teachers import gate_failures, gate_verdict, validation_quality, work_through
 
 FAST = ScoreOptions(int8=False, energy=False, n_boot=10)
 
@@ -169,3 +171,33 @@ def test_a_later_seed_of_seed_shared_teachers_finds_their_rows_and_cache(tmp_pat
     assert {r["submission"] for r in first.rows} == {"gate", "teacher:half-a", "teacher:half-b"}
     assert [r["submission"] for r in second.rows] == ["gate"]
     assert second.stages[0]["reused"] is True  # one teachers stage (seed 0) for both runs
+
+
+def _hold(entry: CacheEntry, held, release) -> None:
+    with entry.lock(Console(file=io.StringIO())):
+        held.set()
+        release.wait(30)
+
+
+def test_a_process_does_free_work_first_and_comes_back_to_what_another_process_holds(tmp_path):
+    """The teacher stage's processes skip a job whose cache entry another process holds (the shared pre-training
+    the other teachers start from) and do it last, once that entry is free, instead of idling meanwhile."""
+    console = Console(file=io.StringIO())
+    first, second = (CacheEntry(tmp_path, name, {"job": name}) for name in ("first", "second"))
+    fork = mp.get_context("fork")
+    held, release = fork.Event(), fork.Event()
+    other = fork.Process(target=_hold, args=(first, held, release))
+    other.start()
+    assert held.wait(30)
+    done = []
+
+    def job(entry):
+        def run():
+            with entry.lock(console):
+                done.append(entry.name)
+                release.set()  # the other process finishes its work meanwhile
+        return run
+
+    work_through([job(first), job(second)])
+    other.join(30)
+    assert done == ["second", "first"]

@@ -6,12 +6,14 @@ An entry is named by the hash of its static inputs (:func:`bench.identity.digest
 says whether it can be reused and, if not, why ("bench/augment.py changed", "config lr: 0.004 → 0.002",
 "not trained before"). Interrupted work (Lightning checkpoints of the fits inside) is resumed unless harness code it
 ran has changed since it started. Two processes that need the same entry at once take turns (:meth:`CacheEntry.lock`):
-the second waits, then finds the finished entry and reuses it.
+the second waits, then finds the finished entry and reuses it — or, inside :func:`skipping_busy_entries`, raises
+:class:`EntryBusy` and does other work first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import json
 import os
@@ -27,6 +29,24 @@ from bench import __version__
 from bench.identity import (Recorder, digest_of, explain_change, harness_digest, harness_files, running_harness,
                             stale_dependencies)
 from bench.provenance import git_state, utc_now
+
+
+class EntryBusy(Exception):
+    """Another process holds the entry, and this one was asked not to wait for it."""
+
+
+_WAIT_FOR_BUSY = contextvars.ContextVar("wait_for_busy_entries", default=True)
+
+
+@contextlib.contextmanager
+def skipping_busy_entries() -> Iterator[None]:
+    """Inside: taking an entry another process holds raises :class:`EntryBusy` instead of waiting for it (a process
+    with other work to do does that first). Entries already held are kept and released as the exception unwinds."""
+    token = _WAIT_FOR_BUSY.set(False)
+    try:
+        yield
+    finally:
+        _WAIT_FOR_BUSY.reset(token)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -98,6 +118,8 @@ class CacheEntry:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not _WAIT_FOR_BUSY.get():
+                    raise EntryBusy(self.name) from None
                 console.print(f"  [yellow]{self.name}: another process is training it; waiting to reuse its "
                               "result[/]")
                 fcntl.flock(handle, fcntl.LOCK_EX)

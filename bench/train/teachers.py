@@ -17,10 +17,12 @@ logits or DS-FlexiNet's learned fusion, fitted on the validation clips only (nev
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ from bench.paths import data_home
 from bench.score.leaderboard import has_row_of
 from bench.score.metrics import macro_accuracy
 from bench.submission import ModelSubmission
-from bench.train.cache import CacheEntry
+from bench.train.cache import CacheEntry, EntryBusy, skipping_busy_entries
 from bench.train.dafa import DAFA, DAFATask
 from bench.train.recipes import AUGMENT, augmentations, make_task
 from bench.train.ssl import MaskedPatchTask
@@ -206,7 +208,8 @@ def pretrained_weights(ctx: StageContext, cfg: dict[str, Any], recipe: dict[str,
         hit, reasons = entry.lookup()
         if hit:
             note_dependencies(entry.info["dependencies"])
-            return entry.load_artifacts()["weights"], [{**b, "cached": True} for b in entry.info["budget"]]
+            cached = entry.info.get("trained_in_run") != ctx.env.run_id  # else a helper process of this run's
+            return entry.load_artifacts()["weights"], [{**b, "cached": cached} for b in entry.info["budget"]]
         entry.prepare_work(console)
         start, first = time.perf_counter(), len(ctx.budget)
         budget: list[dict[str, Any]] = []
@@ -235,7 +238,7 @@ def pretrained_weights(ctx: StageContext, cfg: dict[str, Any], recipe: dict[str,
         metrics = json.loads((entry.dir / "fit" / "metrics.json").read_text())
         entry.store({"weights": model.state_dict(), "classes": list(corpus.classes)}, recorder,
                     time.perf_counter() - start, budget=budget, val_map=metrics.get("val_map"),
-                    val_masked_acc=metrics.get("val_masked_acc"))
+                    val_masked_acc=metrics.get("val_masked_acc"), trained_in_run=ctx.env.run_id)
     return model.state_dict(), budget
 
 
@@ -312,44 +315,80 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> TrainedTeacher:
     return TrainedTeacher(logits, False, budget)
 
 
-def start_helpers(ctx: StageContext, cfgs: list[dict[str, Any]]) -> list[mp.process.BaseProcess]:
-    """Fork helper processes that train teachers not cached yet while this process trains them too.
+def stage_pretraining(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """(architecture, recipe, corpus) of the pre-training a stage reading ``MODEL`` and ``PRETRAIN`` asks for (a
+    student's: TF-SepNet's ``pretrain`` stage); :func:`pretrained_weights` trains or finds it."""
+    recipe, corpus = pretrain_recipe(ctx, {k: ctx.config[k] for k in PRETRAIN.keys}, ctx.stage)
+    return {"model": ctx.config["model"], "model_options": ctx.config["model_options"]}, recipe, corpus
+
+
+def _jobs(ctx: StageContext, cfgs: list[dict[str, Any]],
+          pretrain_stage: str | None) -> tuple[list[Callable[[], Any]], str]:
+    """What the teacher stage's processes can do, uncached — the missing teachers, then the pre-training of the
+    later stage ``pretrain_stage`` (it needs no teacher; none where that stage loads a checkpoint) — and in words."""
+    jobs: list[Callable[[], Any]] = [functools.partial(train_teacher, ctx, cfg) for cfg in cfgs
+                                     if not teacher_entry(ctx, cfg, _corpus(ctx, cfg)).lookup()[0]]
+    what = f"{len(jobs)} teacher{'s' * (len(jobs) != 1)}"
+    if pretrain_stage:
+        later = StageContext(ctx.env, pretrain_stage, ctx.workdir, {})
+        if not later.config.get("checkpoint"):
+            student, recipe, corpus = stage_pretraining(later)
+            if not pretrain_entry(later, student, recipe, corpus).lookup()[0]:
+                jobs.append(functools.partial(pretrained_weights, later, student, recipe, corpus))
+                what += f" and the {pretrain_stage} stage's {student['model']}"
+    return jobs, what
+
+
+def work_through(jobs: list[Callable[[], Any]]) -> None:
+    """Every job once: first each one whose cache entries no other process holds, then the rest, waiting for those
+    entries (and usually finding them trained)."""
+    held = []
+    with skipping_busy_entries():
+        for job in jobs:
+            try:
+                job()
+            except EntryBusy:
+                held.append(job)
+    for job in held:
+        job()
+
+
+def start_helpers(ctx: StageContext, jobs: list[Callable[[], Any]], what: str) -> list[mp.process.BaseProcess]:
+    """Fork helper processes that work through the teacher stage's ``jobs`` (:func:`_jobs`) beside this one.
 
     Small networks use two threads poorly: on 2 free cores, two processes with one thread each train two teachers
     in less time than one process with two threads trains them one after the other. Process ``k`` starts on the
-    ``k``-th missing teacher and goes on through the list; the cache's per-entry locks make a process that reaches
-    a teacher another one is training wait for it and reuse it, so nothing trains twice and this process, walking
-    the list in order, returns every teacher as before. The run's threads are shared out (this process keeps its
-    share until :func:`join_helpers`). None on one thread, a GPU or under DDP."""
+    ``k``-th job and goes on through the list, skipping jobs another process holds (the teachers that start from
+    one self-supervised pre-training wait for it; meanwhile a process pre-trains the student) and coming back to
+    them at the end; the cache's per-entry locks make nothing train twice, and this process then collects every
+    teacher in order. The run's threads are shared out (this process keeps its share until :func:`join_helpers`).
+    None on one thread, a GPU or under DDP, or with fewer than two jobs."""
     if ctx.env.accelerator != "cpu" or ctx.env.multi_process or ctx.env.threads < 2:
         return []
-    missing = [cfg for cfg in cfgs if not teacher_entry(ctx, cfg, _corpus(ctx, cfg)).lookup()[0]]
-    n = min(ctx.env.threads, len(missing))
+    n = min(ctx.env.threads, len(jobs))
     if n < 2:
         return []
     share = ctx.env.threads // n
     helpers = []
     for k in range(1, n):
-        helper = mp.get_context("fork").Process(target=_helper, args=(ctx, missing[k:] + missing[:k], share),
+        helper = mp.get_context("fork").Process(target=_helper, args=(ctx, jobs[k:] + jobs[:k], share),
                                                  name=f"teachers-helper-{k}", daemon=True)
         helper.start()
         helpers.append(helper)
     torch.set_num_threads(share)
-    ctx.env.console.print(f"    {len(missing)} teachers to train: {n} processes, {share} thread{'s' * (share > 1)} "
-                          "each")
+    ctx.env.console.print(f"    {what} to train: {n} processes, {share} thread{'s' * (share > 1)} each")
     return helpers
 
 
-def _helper(ctx: StageContext, cfgs: list[dict[str, Any]], threads: int) -> None:
+def _helper(ctx: StageContext, jobs: list[Callable[[], Any]], threads: int) -> None:
     torch.set_num_threads(threads)
     ctx.env.progress = False  # one progress bar: the main process's
-    for cfg in cfgs:
-        try:
-            train_teacher(ctx, cfg)
-        except BaseException as exc:  # the main process reaches this teacher, trains it and reports the error
-            ctx.env.console.print(f"    [yellow]helper process: teacher {cfg['name']} failed ({type(exc).__name__}: "
-                                  f"{exc}); the main process trains it[/]")
-            os._exit(1)
+    try:
+        work_through(jobs)
+    except BaseException as exc:  # the main process reaches this work, does it and reports the error
+        ctx.env.console.print(f"    [yellow]helper process failed ({type(exc).__name__}: {exc}); the main process "
+                              "does its work[/]")
+        os._exit(1)
 
 
 def join_helpers(ctx: StageContext, helpers: list[mp.process.BaseProcess], stop: bool = False) -> None:
@@ -394,15 +433,20 @@ def gate_verdict(failures: list[str], gate: str) -> str:
 
 
 @reads(TEACHERS)
-def teacher_stage(ctx: StageContext) -> dict[str, Any]:
-    """Stage body: every teacher of the stage's ``teachers`` list, through the quality gate."""
+def teacher_stage(ctx: StageContext, pretrain_stage: str | None = None) -> dict[str, Any]:
+    """Stage body: every teacher of the stage's ``teachers`` list, through the quality gate. ``pretrain_stage``:
+    a later stage (reading ``MODEL`` and ``PRETRAIN``) whose pre-training the stage's processes train alongside the
+    teachers when they run in parallel (:func:`start_helpers`); that stage then finds it in the shared cache."""
     out: dict[str, Any] = {"rows": torch.from_numpy(ctx.clips("train").rows.copy()), "logits": {}, "cached": {},
                            "quality": {}, "budget": {}}
     floor, max_share, gate = ctx.config["floor"], ctx.config["max_class_share"], ctx.config["gate"]
     n_fit, val_labels = len(ctx.clips("fit")), ctx.clips("val").labels
     cfgs = teacher_configs(ctx, ctx.stage)
-    helpers = start_helpers(ctx, cfgs)
+    jobs, what = _jobs(ctx, cfgs, pretrain_stage)
+    helpers = start_helpers(ctx, jobs, what)
     try:
+        if helpers:
+            work_through(jobs)
         trained = [train_teacher(ctx, cfg) for cfg in cfgs]
     except BaseException:
         join_helpers(ctx, helpers, stop=True)

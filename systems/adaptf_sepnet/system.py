@@ -30,10 +30,16 @@ from bench.train.ptq import PTQ, ptq_submission, quantize_per_device
 from bench.train.recipes import AUGMENT, PER_DEVICE, fine_tune_per_device, make_task, per_device_config
 from bench.train.stages import StageError
 from bench.train.task import OPTIM
-from bench.train.teachers import PRETRAIN, distillation, fit_distilled, pretrain_recipe, pretrained_weights, \
-    teacher_stage, teacher_submissions
+from bench.train.teachers import PRETRAIN, TEACHERS, distillation, fit_distilled, pretrained_weights, \
+    stage_pretraining, teacher_stage, teacher_submissions
 
-teachers = teacher_stage
+
+
+@reads(TEACHERS)
+def teachers(ctx) -> dict:
+    """The teachers; their parallel processes pre-train TF-SepNet alongside (the pretrain stage then finds it)."""
+    return teacher_stage(ctx, pretrain_stage="pretrain")
+
 
 FINETUNE = Schema("finetune", {
     "from_pretrained": Key(bool, True, "start from the pre-trained network (false: from scratch, the ablation)"),
@@ -60,9 +66,7 @@ def pretrain(ctx) -> dict:
             return {"weights": checked_weights(ctx.create_model(), ctx.config["checkpoint"])}
         except (FileNotFoundError, ValueError) as exc:
             raise StageError(f"{ctx.env.spec.name}/pretrain: {exc}; or drop `checkpoint` to pre-train here") from None
-    recipe, corpus = pretrain_recipe(ctx, {k: ctx.config[k] for k in PRETRAIN.keys}, "pretrain")
-    weights, budget = pretrained_weights(ctx, {"model": ctx.config["model"],
-                                               "model_options": ctx.config["model_options"]}, recipe, corpus)
+    weights, budget = pretrained_weights(ctx, *stage_pretraining(ctx))
     ctx.add_budget(budget)
     return {"weights": weights}
 
