@@ -7,24 +7,18 @@ configuration and the saved submission; rows point back to it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
-import pandas as pd
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from bench.data.clips import ClipSet
-from bench.data.manifest import Manifest, load_manifest
+from bench.data.manifest import load_manifest
 from bench.data.sources import resolve
-from bench.data.splits import carve_validation
-from bench.data.store import Store
 from bench.identity import digest_of
 from bench.paths import data_home, runs_dir
 from bench.score.leaderboard import append_rows, check_board
@@ -34,7 +28,8 @@ from bench.score.scorer import InputCache, ScoreOptions, ScoreResult, score_subm
 from bench.submission import ModelSubmission, Submission, SubmissionError, save_submission
 from bench.system import RUN, SystemSpec, check_system, load_system
 from bench.threads import choose_threads
-from bench.train.stages import (RunEnv, StageContext, StageData, StageError, StageOutcome, budget_columns,
+from bench.train.datasets import data_progress, external_loader, stage_data
+from bench.train.stages import (RunEnv, StageContext, StageError, StageOutcome, budget_columns,
                                 external_data, run_stage)
 
 
@@ -49,23 +44,6 @@ class RunResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def stage_data(store: Store, manifest: Manifest, split: str, val_fraction: float) -> StageData:
-    """A dataset's training part and its validation part: the manifest's own ``validation`` split when it has one,
-    else locations (or, without locations, clips) carved from ``split`` — never the test split."""
-    classes = tuple(manifest.classes)
-    devices = tuple(manifest.devices)
-    multilabel = manifest.multilabel
-
-    def clips(frame: pd.DataFrame) -> ClipSet:
-        return ClipSet(store, frame, classes, devices, multilabel)
-
-    train = store.split(split)
-    if manifest.validation_split and manifest.validation_split in store.info["splits"]:
-        return StageData(store, manifest, clips(train), clips(store.split(manifest.validation_split)), split)
-    fit, val = carve_validation(train, val_fraction, seed=0)
-    return StageData(store, manifest, clips(fit), clips(val), split)
-
-
 def _run_folder(spec: SystemSpec, profile: str, variant: str | None, seed: int, started: datetime) -> Path:
     stem = f"{started:%Y%m%dT%H%M%SZ}-{profile}{'-' + variant if variant else ''}-seed{seed}"
     (runs_dir() / spec.name).mkdir(parents=True, exist_ok=True)
@@ -77,34 +55,6 @@ def _run_folder(spec: SystemSpec, profile: str, variant: str | None, seed: int, 
             return folder
         except FileExistsError:
             n += 1
-
-
-PHASES = {"generate": "generating the data", "prepare": "packing the store"}
-
-
-@contextlib.contextmanager
-def data_progress(console: Console, bar: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """What generating or packing a dataset inside a run shows: a bar per phase, or (``bar=False``) a line when a
-    phase starts and one when it ends, instead of a minute of silence."""
-    started: dict[str, float] = {}
-    ended: set[str] = set()
-    with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True, disable=not bar) as shown:
-        tasks: dict[str, Any] = {}
-
-        def update(phase: str, done: int, total: int) -> None:
-            what = PHASES.get(phase, phase)
-            if phase not in started:
-                started[phase] = time.perf_counter()
-                tasks[phase] = shown.add_task(what, total=total)
-                if not bar:
-                    console.print(f"  {what} …")
-            shown.update(tasks[phase], completed=done, total=total)
-            if not bar and done >= total and phase not in ended:
-                ended.add(phase)
-                console.print(f"  {what}: done in {time.perf_counter() - started[phase]:.0f} s")
-
-        yield update
 
 
 def run_system(system: str | Path, data: str | None = None, profile: str = "default", seed: int = 0,
@@ -140,14 +90,9 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
         notes.append(f"trained on {split} instead of the challenge's {manifest.train_split} (asked for explicitly)")
     run_data = stage_data(store, manifest, split, val_fraction)
 
-    def external(arg: str) -> StageData:
-        with data_progress(console, progress) as show:
-            other = resolve(arg, profile, progress=show).store  # "events": the profile's pre-training corpus
-        other_manifest = load_manifest(other.info["manifest"])
-        return stage_data(other, other_manifest, other_manifest.train_split, val_fraction)
-
     env = RunEnv(spec, profile, variant, seed, resolved, run_data, data_home() / "cache" / "stages", accelerator,
-                 devices, num_nodes, progress, console, load_external=external, board=board, threads=n_threads)
+                 devices, num_nodes, progress, console, board=board, threads=n_threads,
+                 load_external=external_loader(console, progress, profile, val_fraction))
     run_dir = _run_folder(spec, profile, variant, seed, started)
     console.print(f"[bold]{spec.name}[/] ({profile}{', ' + variant if variant else ''}, seed {seed}) on "
                   f"{manifest.name}: {len(run_data.fit)} training / {len(run_data.val)} validation clips; "
@@ -164,16 +109,21 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     upstream: dict[str, str] = {}
     outcomes: dict[str, StageOutcome] = {}
     train_wall = 0.0
-    for stage in spec.stages:
-        outcome = run_stage(env, stage, previous, upstream)
+    last_walls = {stage: last_wall_s(env, stage) for stage in spec.stages}
+    run_start = time.perf_counter()
+    for i, stage in enumerate(spec.stages):
+        position = f"{i + 1}/{len(spec.stages)} "
+        outcome = run_stage(env, stage, previous, upstream, position)
         previous[stage], upstream[stage], outcomes[stage] = outcome.artifacts, outcome.key, outcome
         if outcome.reused:
             env.reused_stages.add(stage)
         train_wall += 0.0 if outcome.reused else outcome.wall_s
         result.stages.append(_stage_record(stage, outcome))
-        console.print(f"  stage [bold]{stage}[/]: " + (f"[green]cached[/] (trained earlier in {outcome.wall_s:.0f} s "
-                                                       f"by {_who(outcome)}; all inputs unchanged)"
-                                                       if outcome.reused else f"trained in {outcome.wall_s:.1f} s"))
+        console.print(f"  stage {position}[bold]{stage}[/]: "
+                      + (f"[green]cached[/] (trained earlier in {outcome.wall_s:.0f} s by {_who(outcome)}; all inputs "
+                         "unchanged)" if outcome.reused else f"trained in {outcome.wall_s:.1f} s")
+                      + ("" if stage == until else "; " + time_left(time.perf_counter() - run_start,
+                                                                    spec.stages[i + 1:], last_walls)))
         if stage == until:
             _copy_reports(outcomes, run_dir)
             _write_record(run_dir, record, result, None, until=until)
@@ -257,6 +207,31 @@ def run_seeds(system: str | Path, seeds: Sequence[int], board: Path | None = Non
     if board is not None and aggregates:
         append_rows(board, aggregates)
     return results, aggregates
+
+
+def last_wall_s(env: RunEnv, stage: str) -> float | None:
+    """Seconds the newest finished entry of ``stage`` of this system (any configuration) took on this machine."""
+    found = []
+    for done in (env.cache_root / env.spec.name).glob(f"{stage}-*/done.json"):
+        try:
+            found.append((done.stat().st_mtime, float(json.loads(done.read_text())["wall_s"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return max(found)[1] if found else None
+
+
+def time_left(elapsed: float, stages_left: Sequence[str], last_walls: dict[str, float | None]) -> str:
+    """``12 min so far, about 9 min of stages left (...)``: the estimate adds what each stage left took the last
+    time this machine trained it (reused stages take seconds; scoring is not counted)."""
+    so_far = f"{elapsed / 60:.0f} min so far"
+    if not stages_left:
+        return so_far + ", scoring next"
+    known = [last_walls[s] for s in stages_left if last_walls[s] is not None]
+    unknown = [s for s in stages_left if last_walls[s] is None]
+    if not known:
+        return so_far + f"; no estimate for {', '.join(stages_left)} (never trained on this machine)"
+    left = f"about {sum(known) / 60:.0f} min of stages left, by this machine's last runs of them"
+    return f"{so_far}, {left}" + (f" ({', '.join(unknown)} not counted: never trained here)" if unknown else "")
 
 
 def _stage_record(stage: str, outcome: StageOutcome) -> dict[str, Any]:

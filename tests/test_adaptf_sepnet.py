@@ -83,7 +83,7 @@ def test_adaptf_sepnet_smoke_end_to_end_and_its_package_reproduces_the_logits(tm
                         console=Console(file=log, width=300))
     # two processes train the teachers and, alongside, the pretrain stage's TF-SepNet pre-training
     assert "3 teachers and the pretrain stage's tfsepnet_smoke to train: 2 processes" in log.getvalue()
-    assert "stage pretrain: trained" in log.getvalue()
+    assert "stage 2/6 pretrain: trained" in log.getvalue()
     pretrain_fits = json.loads((result.run_dir / "run.json").read_text())["stages"][1]["budget"]["fits"]
     assert [(f["fit"], f["cached"]) for f in pretrain_fits] == [("pretrain-tfsepnet_smoke", False)]  # by this run
     rows = read_board(board).set_index("submission")

@@ -127,7 +127,7 @@ def test_harness_edit_invalidates_exactly_the_stages_that_ran_it(tmp_path, two_s
     third, _, output = run_copy(copy, home, two_stages, smoke_dataset)
     assert third["plain"]["reused"] and not third["augmented"]["reused"]
     assert third["augmented"]["reasons"] == ["bench/augment.py changed"]
-    assert "stage augmented: training (bench/augment.py changed)" in output
+    assert "stage 2/2 augmented: training (bench/augment.py changed)" in output
     assert third["plain"]["key"] == first["plain"]["key"] != third["augmented"]["key"]
 
 

@@ -157,6 +157,11 @@ def test_baseline_smoke_run(tmp_path, smoke_dataset):
             "--data", str(smoke_dataset), "--no-energy", "--no-int8"]  # energy: test_dsflexinet; INT8: tiny system
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
+    shown = " ".join(first.output.split())
+    assert re.search(r"stage 1/2 general: trained in [\d.]+ s; \d+ min so far(, about \d+ min of stages left, by "
+                     r"this machine's last runs of them|; no estimate for device_specific \(never trained on this "
+                     r"machine\))", shown), shown  # other tests of this session may have trained it before
+    assert re.search(r"stage 2/2 device_specific: trained in [\d.]+ s; \d+ min so far, scoring next", shown)
     rows = read_board(board)
     assert rows["submission"].tolist() == ["baseline", "baseline-general"]
     row = rows.iloc[0]
@@ -348,7 +353,7 @@ def test_generating_data_inside_a_run_says_so():
 
     from rich.console import Console
 
-    from bench.run import data_progress
+    from bench.train.datasets import data_progress
 
     log = io.StringIO()
     with data_progress(Console(file=log, width=200), bar=False) as show:
@@ -359,3 +364,16 @@ def test_generating_data_inside_a_run_says_so():
     assert lines[0] == "  generating the data …" and re.fullmatch(r"  generating the data: done in \d+ s", lines[1])
     assert lines[2] == "  packing the store …" and re.fullmatch(r"  packing the store: done in \d+ s", lines[3])
     assert len(lines) == 4
+
+
+def test_the_time_left_adds_this_machines_last_stage_times_and_names_what_it_cannot_estimate():
+    from bench.run import time_left
+
+    walls = {"teachers": 600.0, "distill": 240.0, "quantize": None}
+    assert time_left(90, ["teachers", "distill"], walls) == ("2 min so far, about 14 min of stages left, by this "
+                                                            "machine's last runs of them")
+    assert time_left(90, ["distill", "quantize"], walls) == ("2 min so far, about 4 min of stages left, by this "
+                                                            "machine's last runs of them (quantize not counted: never "
+                                                            "trained here)")
+    assert time_left(90, ["quantize"], walls) == "2 min so far; no estimate for quantize (never trained on this machine)"
+    assert time_left(90, [], walls) == "2 min so far, scoring next"

@@ -83,6 +83,8 @@ def test_pretraining_is_shared_drops_the_head_and_every_row_counts_its_budget(tm
                if json.loads(p.read_text())["static"]["model_options"] == {"n_mels": 32}]  # other tests pre-train too
     assert len(entries) == 1  # one checkpoint per (architecture, corpus, recipe), shared by both teachers
     pre_dir = entries[0].parent
+    deps = json.loads(entries[0].read_text())["dependencies"]
+    assert "bench/train/datasets.py" in deps and "bench/run.py" not in deps  # the run command's edits keep it valid
     losses = epoch_losses(pre_dir / "fit")
     assert len(losses) == 3 and losses[-1] < losses[0]  # the multi-label loss falls on the smoke corpus
     pre = torch.load(pre_dir / "artifacts.pt", weights_only=True)
@@ -181,23 +183,33 @@ def _hold(entry: CacheEntry, held, release) -> None:
 
 def test_a_process_does_free_work_first_and_comes_back_to_what_another_process_holds(tmp_path):
     """The teacher stage's processes skip a job whose cache entry another process holds (the shared pre-training
-    the other teachers start from) and do it last, once that entry is free, instead of idling meanwhile."""
+    the other teachers start from) and do it last, once that entry is free, instead of idling meanwhile; an entry
+    left because one it needs first was busy keeps no half-started state."""
     console = Console(file=io.StringIO())
-    first, second = (CacheEntry(tmp_path, name, {"job": name}) for name in ("first", "second"))
+    shared, teacher, other_job = (CacheEntry(tmp_path, name, {"job": name}) for name in ("shared", "teacher", "other"))
     fork = mp.get_context("fork")
     held, release = fork.Event(), fork.Event()
-    other = fork.Process(target=_hold, args=(first, held, release))
-    other.start()
+    holder = fork.Process(target=_hold, args=(shared, held, release))
+    holder.start()
     assert held.wait(30)
     done = []
 
-    def job(entry):
-        def run():
-            with entry.lock(console):
-                done.append(entry.name)
-                release.set()  # the other process finishes its work meanwhile
-        return run
+    def train_shared():
+        with shared.lock(console):
+            done.append("shared")
 
-    work_through([job(first), job(second)])
-    other.join(30)
-    assert done == ["second", "first"]
+    def train_teacher():  # needs the shared entry first, like a teacher that starts from a shared pre-training
+        with teacher.lock(console):
+            teacher.prepare_work(console)
+            with shared.lock(console):
+                done.append("teacher")
+
+    def train_other():
+        assert not teacher.dir.exists()  # skipped before any work: nothing half-started stays behind
+        with other_job.lock(console):
+            done.append("other")
+        release.set()  # the other process finishes the shared entry meanwhile
+
+    work_through([train_shared, train_teacher, train_other])
+    holder.join(30)
+    assert done == ["other", "shared", "teacher"]

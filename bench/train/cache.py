@@ -123,7 +123,12 @@ class CacheEntry:
                 console.print(f"  [yellow]{self.name}: another process is training it; waiting to reuse its "
                               "result[/]")
                 fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
+            try:
+                yield
+            except EntryBusy:  # an entry this one needs first is busy: nothing was done here yet
+                if self.dir.is_dir() and [p.name for p in self.dir.iterdir()] == ["started.json"]:
+                    shutil.rmtree(self.dir)
+                raise
 
     def load_artifacts(self) -> dict[str, Any]:
         return torch.load(self.artifacts_path, map_location="cpu", weights_only=True)

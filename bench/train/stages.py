@@ -371,16 +371,18 @@ class StageOutcome:
         return list((self.entry.info or {}).get("budget", []))
 
 
-def run_stage(env: RunEnv, stage: str, previous: dict[str, dict[str, Any]], upstream: dict[str, str]) -> StageOutcome:
+def run_stage(env: RunEnv, stage: str, previous: dict[str, dict[str, Any]], upstream: dict[str, str],
+              position: str = "") -> StageOutcome:
     """Run (or reuse) one stage; ``previous`` holds the artifacts and ``upstream`` the resolved keys of the stages
-    before it. Two runs needing the same stage at once take turns: the second reuses what the first trains."""
+    before it (``position``: e.g. "2/6 ", shown). Two runs needing the same stage at once take turns: the second
+    reuses what the first trains."""
     label = {"profile": env.profile, "variant": env.variant, "seed": env.seed}
     entry = CacheEntry(env.cache_root / env.spec.name, stage, env.static_inputs(stage, upstream), label)
     with entry.lock(env.console):
         hit, reasons = entry.lookup()
         if hit:
             return StageOutcome(entry.load_artifacts(), True, entry.info["wall_s"], entry.resolved_key, entry, [])
-        env.console.print(f"  stage [bold]{stage}[/]: training ({'; '.join(reasons)})")
+        env.console.print(f"  stage {position}[bold]{stage}[/]: training ({'; '.join(reasons)})")
         entry.prepare_work(env.console)
         ctx = StageContext(env, stage, entry.dir, previous)
         L.seed_everything(env.seed, workers=True, verbose=False)

@@ -290,16 +290,17 @@ def train_teacher(ctx: StageContext, cfg: dict[str, Any]) -> TrainedTeacher:
                 return TrainedTeacher(entry.load_artifacts()["logits"], False, entry.info.get("budget", []))
             budget = [{**b, "cached": True} for b in entry.info.get("budget", [])]
             return TrainedTeacher(entry.load_artifacts()["logits"], True, budget)
-        ctx.env.console.print(f"    teacher {cfg['name']}: training ({'; '.join(reasons)})")
         entry.prepare_work(ctx.env.console)
         start, first = time.perf_counter(), len(ctx.budget)
         budget: list[dict[str, Any]] = []
         with Recorder() as recorder:
+            if corpus is not None and not cfg["checkpoint"]:  # first: another process may hold it (EntryBusy)
+                weights, budget = pretrained_weights(ctx, cfg, *corpus)
+            ctx.env.console.print(f"    teacher {cfg['name']}: training ({'; '.join(reasons)})")
             model = _build(ctx, cfg)
             if cfg["checkpoint"]:
                 _load_checkpoint(model, cfg)
             elif corpus is not None:
-                weights, budget = pretrained_weights(ctx, cfg, *corpus)
                 load_pretrained(model, weights)
             if cfg["epochs"] > 0:
                 ctx.fit(_task(ctx, model, cfg), ctx.clips("fit"), ctx.clips("val"), name=cfg["name"],
