@@ -121,7 +121,7 @@ class Deployment:
             self.float_net = model.net                 # counted: the architecture before conversion
             recipe = self.info.get("quantization")
             key = digest_of([arch, self.arch_config, form, recipe, _state_digest(self.state)])
-            self.net = _int8_net(key, lambda: convert_prepared(prepared) if prepared is not None else
+            self.net = _int8_net(key, lambda: convert_prepared(prepared, recipe) if prepared is not None else
                                  rebuild_int8(model.net, torch.zeros(self.input_shape), self.state,
                                               qat=form == "int8-qat", recipe=recipe))
         else:
@@ -215,6 +215,9 @@ class ModelSubmission(Submission):
         self.class_order = list(class_order)
         self.deployments = dict(deployments)
         self.notes = list(notes)
+        # the row holding this float submission's own INT8 deployment (a system's float-vs-INT8 ablation): the
+        # scorer does not quantize it a second time with its generic recipe
+        self.int8_row: str | None = None
 
     @classmethod
     def single(cls, name: str, model: ASCModel, class_order: Sequence[str], form: str = "float32",

@@ -83,7 +83,7 @@ def test_pretraining_is_shared_drops_the_head_and_every_row_counts_its_budget(tm
                if json.loads(p.read_text())["static"]["model_options"] == {"n_mels": 32}]  # other tests pre-train too
     assert len(entries) == 1  # one checkpoint per (architecture, corpus, recipe), shared by both teachers
     pre_dir = entries[0].parent
-    deps = json.loads(entries[0].read_text())["dependencies"]
+    deps = json.loads((Path(result.stages[0]["cache_dir"]) / "done.json").read_text())["dependencies"]
     assert "bench/train/datasets.py" in deps and "bench/run.py" not in deps  # the run command's edits keep it valid
     losses = epoch_losses(pre_dir / "fit")
     assert len(losses) == 3 and losses[-1] < losses[0]  # the multi-label loss falls on the smoke corpus

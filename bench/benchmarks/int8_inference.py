@@ -1,6 +1,7 @@
 """INT8 inference speed of the students under each quantized engine, beside fp32 (counted network only, features in).
 
-``python -m bench.benchmarks.int8_inference [--models dsflexinet_sm2 ...]``
+``python -m bench.benchmarks.int8_inference [--models dsflexinet_sm2 ...]`` (TF-SepNet as AdapTF-SepNet deploys it:
+128 mel bins, its PTQ recipe)
 
 The quantized values are the same under every engine (x86 qconfig); only the kernels differ. The harness runs INT8
 on oneDNN (``bench.score.quantize._select_engine``): this shows why.
@@ -16,7 +17,11 @@ import torch
 from bench.models import create_model
 from bench.score.quantize import quantize_static
 
-DEFAULT_MODELS = ("cpmobile_baseline", "dsflexinet_sm1", "dsflexinet_sm2", "dsflexinet_sm3", "dsflexinet_sm4")
+DEFAULT_MODELS = ("cpmobile_baseline", "dsflexinet_sm1", "dsflexinet_sm2", "dsflexinet_sm3", "dsflexinet_sm4",
+                  "tfsepnet_64")
+# the deployed configuration where it is not the registry's: AdapTF-SepNet's default profile and PTQ recipe
+DEPLOYED = {"tfsepnet_64": ({"n_mels": 128}, {"float_modules": ["ResidualNorm"], "activation_observer": "minmax",
+                                             "reduce_range": False})}
 ENGINES = ("onednn", "x86", "fbgemm")
 
 
@@ -43,9 +48,11 @@ def main() -> None:
     print(f"{'model':20s} {'fp32':>9s} " + " ".join(f"{'int8 ' + e:>12s}" for e in engines))
     for name in args.models:
         torch.manual_seed(0)
-        model = create_model(name).eval()
+        options, recipe = DEPLOYED.get(name, ({}, None))
+        model = create_model(name, **options).eval()
         x = model.features(0.05 * torch.randn(args.batch_size, model.sample_rate))
-        rates = [clips_per_s(quantize_static(model.net, [x], x[:1], engine=e), x, args.repeats) for e in engines]
+        rates = [clips_per_s(quantize_static(model.net, [x], x[:1], engine=e, recipe=recipe), x, args.repeats)
+                 for e in engines]
         print(f"{name:20s} {clips_per_s(model.net, x, args.repeats):9.1f} " + " ".join(f"{r:12.1f}" for r in rates))
 
 

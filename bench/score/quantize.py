@@ -69,21 +69,26 @@ def _qconfig_backend() -> str:
 
 
 def _select_engine(engine: str | None = None) -> None:
-    """The engine whose kernels run the INT8 model (``engine``, or the default below), selected globally because
-    packed weights are engine-specific.
+    """Select the engine that packs the converted model's weights (``engine``, or the default below); the packed
+    weights keep their kernels afterwards, whatever engine is selected when the model runs.
 
-    On x86, oneDNN: the ``x86`` engine itself packs most convolutions for oneDNN (on VNNI CPUs, groups <= 100) and
-    the rest for fbgemm, whose depthwise kernel falls to a path 50-100x slower when the channel count is not a
-    multiple of 8 (DS-FlexiNet sm2's 108 and sm4's 204 channels). The quantized weights and scales come from the
-    x86 qconfig either way; the kernels may round a requantized value differently, rarely (docs/scoring.md)."""
+    The default on x86 is oneDNN: the ``x86`` engine itself packs most convolutions for oneDNN (on VNNI CPUs, groups
+    <= 100) and the rest for fbgemm, whose depthwise kernel falls to a path 50-100x slower when the channel count is
+    not a multiple of 8 (DS-FlexiNet sm2's 108 and sm4's 204 channels). Other networks run faster on fbgemm
+    (TF-SepNet: 2x on AVX2; ``python -m bench.benchmarks.int8_inference``): a PTQ recipe may name its ``engine``.
+    The quantized weights and scales come from the x86 qconfig either way; the kernels may round a requantized value
+    differently, rarely (docs/scoring.md)."""
+    supported = torch.backends.quantized.supported_engines
     if engine is None:
-        supported = torch.backends.quantized.supported_engines
         engine = "onednn" if _qconfig_backend() == "x86" and "onednn" in supported else _qconfig_backend()
+    elif engine not in supported:
+        raise QuantizationError(f"engine {engine!r} is not available here (PyTorch offers "
+                                f"{', '.join(e for e in supported if e != 'none')})")
     torch.backends.quantized.engine = engine
 
 
 ACTIVATION_OBSERVERS = {"histogram": HistogramObserver, "minmax": MinMaxObserver}
-RECIPE_KEYS = ("activation_observer", "reduce_range", "float_modules")
+RECIPE_KEYS = ("activation_observer", "reduce_range", "float_modules", "engine")
 
 
 def _mapping(net: nn.Module, qat: bool, recipe: Mapping[str, Any] | None
@@ -92,7 +97,7 @@ def _mapping(net: nn.Module, qat: bool, recipe: Mapping[str, Any] | None
     optional): ``activation_observer`` ("histogram", the default, or "minmax"), ``reduce_range`` (7-bit activations;
     default: the backend's, true for x86) and ``float_modules`` (class names of submodules kept in float, between a
     dequantize and a quantize, e.g. ``["ResidualNorm"]``: parameter-free normalisations whose int8 kernel loses
-    accuracy)."""
+    accuracy); its ``engine`` packs the converted weights (:func:`_select_engine`)."""
     backend = _qconfig_backend()
     mapping = get_default_qat_qconfig_mapping(backend) if qat else get_default_qconfig_mapping(backend)
     if not recipe:
@@ -183,10 +188,10 @@ def prepare_qat(net: nn.Module, example_input: torch.Tensor) -> nn.Module:
     return _prepare(net, example_input, qat=True)
 
 
-def convert_prepared(prepared: nn.Module) -> nn.Module:
-    """The INT8 model of a prepared network: observed (:func:`observe_static`) or QAT-fine-tuned
-    (:func:`prepare_qat`); ``prepared`` is not modified."""
-    return _convert(prepared)
+def convert_prepared(prepared: nn.Module, recipe: Mapping[str, Any] | None = None) -> nn.Module:
+    """The INT8 model of a prepared network: observed (:func:`observe_static`, with its ``recipe``) or
+    QAT-fine-tuned (:func:`prepare_qat`); ``prepared`` is not modified."""
+    return _convert(prepared, (recipe or {}).get("engine"))
 
 
 def rebuild_int8(net: nn.Module, example_input: torch.Tensor, prepared_state: dict, qat: bool,
@@ -200,7 +205,7 @@ def rebuild_int8(net: nn.Module, example_input: torch.Tensor, prepared_state: di
     except RuntimeError as err:
         raise QuantizationError(f"stored {'QAT' if qat else 'calibration'} state does not fit the network: "
                                 f"{err}") from err
-    return _convert(prepared)
+    return convert_prepared(prepared, recipe)
 
 
 @dataclass(frozen=True)

@@ -309,6 +309,9 @@ def _score_int8(sub, store, manifest, clips, calib, options, result, progress, c
     if not isinstance(sub, ModelSubmission):
         row["int8_error"] = "not quantized: the submission does not expose its float models"
         return
+    if sub.int8_row:
+        row["int8_error"] = f"not quantized again: its own INT8 deployment is row {sub.int8_row}"
+        return
     if calib is None or len(calib) == 0:
         row["int8_error"] = "not quantized: no validation clips for calibration"
         return

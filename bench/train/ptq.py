@@ -18,6 +18,7 @@ import torch
 
 from bench.config import Key, Schema
 from bench.data.clips import ClipSet
+from bench.identity import digest_of
 from bench.models.base import ASCModel
 from bench.score.metrics import macro_accuracy
 from bench.score.quantize import ACTIVATION_OBSERVERS, RECIPE_KEYS, observe_static
@@ -37,15 +38,23 @@ PTQ = Schema("ptq", {
     "float_modules": Key(list, [], "class names of submodules kept in float between a dequantize and a quantize "
                          "(e.g. [\"ResidualNorm\"]: a parameter-free normalisation; their parameters, if any, count "
                          "in float32)"),
+    "engine": Key(str, None, "the quantized engine that packs the weights, i.e. whose kernels run the INT8 model: "
+                  "onednn (the default on x86), fbgemm (2x faster for TF-SepNet on AVX2), x86, qnnpack; the values "
+                  "are the same, a requantized value may round differently, rarely", choices=("onednn", "fbgemm",
+                                                                                          "x86", "qnnpack")),
 })
 
 
 @torch.inference_mode()
-def _logits(frontend: torch.nn.Module, net: torch.nn.Module, clips: ClipSet, batch: int = 128) -> np.ndarray:
+def _features(frontend: torch.nn.Module, clips: ClipSet, batch: int = 128) -> torch.Tensor:
     rows = clips.rows
-    out = [net(frontend(torch.from_numpy(clips.store.waveforms(rows[i:i + batch])))).float()
-           for i in range(0, len(rows), batch)]
-    return torch.cat(out).numpy()
+    return torch.cat([frontend(torch.from_numpy(clips.store.waveforms(rows[i:i + batch])))
+                      for i in range(0, len(rows), batch)])
+
+
+@torch.inference_mode()
+def _logits(net: torch.nn.Module, feats: torch.Tensor, batch: int = 128) -> np.ndarray:
+    return torch.cat([net(feats[i:i + batch]).float() for i in range(0, len(feats), batch)]).numpy()
 
 
 def _macro(clips: ClipSet, logits: np.ndarray) -> float:
@@ -64,24 +73,27 @@ def quantize_per_device(ctx: StageContext, models: Mapping[str, ASCModel], what:
     val = ctx.clips("val")
     rng = np.random.default_rng(ctx.seed)
     out: dict[str, Any] = {"models": {}, "report": {}}
+    features: dict[str, torch.Tensor] = {}  # the validation clips' features, once per front-end (all models share it)
     for device, model in models.items():
         model.eval()
-        own = val if device == UNKNOWN else val.of_devices([device])
+        frontend = digest_of([model.arch_name, model.arch_config])
+        if frontend not in features:
+            features[frontend] = _features(model.frontend, val)
+        own = np.arange(len(val)) if device == UNKNOWN else np.flatnonzero(val.frame["device"].to_numpy() == device)
         fallback = len(own) < cfg["min_device_clips"]
-        calib = val if fallback else own
-        pick = np.sort(rng.choice(len(calib), size=min(len(calib), cfg["calib_clips"]), replace=False))
-        chosen = ClipSet(calib.store, calib.frame.iloc[pick], calib.classes, calib.device_vocab)
-        with torch.inference_mode():
-            feats = model.frontend(torch.from_numpy(chosen.store.waveforms(chosen.rows)))
+        calib = np.arange(len(val)) if fallback else own
+        check = ClipSet(val.store, val.frame.iloc[calib], val.classes, val.device_vocab)
+        pick = calib[np.sort(rng.choice(len(calib), size=min(len(calib), cfg["calib_clips"]), replace=False))]
+        feats = features[frontend][pick]
         observed = observe_static(model.net, list(torch.split(feats, cfg["calib_batch_size"])), feats[:1], recipe)
-        record = {"calibration": f"{len(chosen)} validation clips of " + (
+        record = {"calibration": f"{len(pick)} validation clips of " + (
             f"all devices ({device} has {len(own)} < {cfg['min_device_clips']})" if fallback and device != UNKNOWN
             else "all devices" if device == UNKNOWN else f"device {device}"), "quantization": recipe}
         deployed = Deployment(model.arch_name, model.arch_config, "int8-ptq", observed.state_dict(), record,
                               prepared=observed)
-        check = calib  # a few clips of one device (14-23 of s1-s3 here) swing the accuracy by +-10 points
-        float_acc = _macro(check, _logits(model.frontend, model.net, check))
-        int8_acc = _macro(check, _logits(deployed.frontend, deployed.net, check))
+        # checked on the calibration pool: a few clips of one device (14-23 of s1-s3 here) swing it by +-10 points
+        float_acc = _macro(check, _logits(model.net, features[frontend][calib]))
+        int8_acc = _macro(check, _logits(deployed.net, features[frontend][calib]))
         record.update(validation_clips=len(check), float_val_acc=float_acc, int8_val_acc=int8_acc,
                       drop=float_acc - int8_acc, limit=cfg["max_int8_drop"],
                       within_limit=float_acc - int8_acc <= cfg["max_int8_drop"])

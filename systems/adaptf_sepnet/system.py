@@ -120,9 +120,10 @@ def extra_submissions(ctx) -> dict:
     float device models (float vs INT8), and the teachers."""
     general = ctx.create_model(state=ctx.previous["distill"]["general"])
     devices = {d: ctx.create_model(state=s) for d, s in ctx.previous["device_specific"].items()}
+    float_models = ModelSubmission.per_device("adaptf-sepnet-float", ctx.classes, devices.pop(UNKNOWN, general),
+                                              devices)
+    float_models.int8_row = "adaptf-sepnet"  # the system's own PTQ of these models, not the scorer's generic one
     rows = {"general": (ptq_submission("adaptf-sepnet-general", ctx.classes, ctx.previous["quantize"]["general"]),
-                        "ablation"),
-            "float": (ModelSubmission.per_device("adaptf-sepnet-float", ctx.classes, devices.pop(UNKNOWN, general),
-                                                 devices), "ablation")}
+                        "ablation"), "float": (float_models, "ablation")}
     rows.update(teacher_submissions(ctx))
     return rows
