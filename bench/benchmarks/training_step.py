@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.augment import DeviceImpulseResponse, FreqMixStyle, TimeRoll
-from bench.provenance import cpu_model
-from bench.data.sources import resolve
 from bench.data.irs import load_irs
 from bench.data.manifest import load_manifest
+from bench.data.sources import resolve
 from bench.models import create_model
 from bench.models.base import SAMPLE_RATE
+from bench.provenance import cpu_model
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,8 @@ def profile_step(recipe: Recipe, batch_size: int, steps: int, store, manifest,
 
         def forward():
             logits = model.net(x)
+            if not recipe.mixup_alpha:
+                return F.cross_entropy(logits, labels)
             return lam * F.cross_entropy(logits, labels) + (1 - lam) * F.cross_entropy(logits, labels[perm])
         loss = _timed(times, "forward + loss", forward)
         opt.zero_grad()

@@ -92,8 +92,8 @@ def quantize_per_device(ctx: StageContext, models: Mapping[str, ASCModel], what:
         deployed = Deployment(model.arch_name, model.arch_config, "int8-ptq", observed.state_dict(), record,
                               prepared=observed)
         # checked on the calibration pool: a few clips of one device (14-23 of s1-s3 here) swing it by +-10 points
-        float_acc = _macro(check, _logits(model.net, features[frontend][calib]))
-        int8_acc = _macro(check, _logits(deployed.net, features[frontend][calib]))
+        pool = features[frontend][calib]
+        float_acc, int8_acc = _macro(check, _logits(model.net, pool)), _macro(check, _logits(deployed.net, pool))
         record.update(validation_clips=len(check), float_val_acc=float_acc, int8_val_acc=int8_acc,
                       drop=float_acc - int8_acc, limit=cfg["max_int8_drop"],
                       within_limit=float_acc - int8_acc <= cfg["max_int8_drop"])

@@ -354,8 +354,9 @@ def work_through(jobs: list[Callable[[], Any]]) -> None:
         job()
 
 
-def start_helpers(ctx: StageContext, jobs: list[Callable[[], Any]], what: str) -> list[mp.process.BaseProcess]:
-    """Fork helper processes that work through the teacher stage's ``jobs`` (:func:`_jobs`) beside this one.
+def start_helpers(ctx: StageContext, cfgs: list[dict[str, Any]], pretrain_stage: str | None = None
+                  ) -> tuple[list[mp.process.BaseProcess], list[Callable[[], Any]]]:
+    """(helper processes forked to work through the teacher stage's jobs beside this one, the jobs: :func:`_jobs`).
 
     Small networks use two threads poorly: on 2 free cores, two processes with one thread each train two teachers
     in less time than one process with two threads trains them one after the other. Process ``k`` starts on the
@@ -363,12 +364,13 @@ def start_helpers(ctx: StageContext, jobs: list[Callable[[], Any]], what: str) -
     one self-supervised pre-training wait for it; meanwhile a process pre-trains the student) and coming back to
     them at the end; the cache's per-entry locks make nothing train twice, and this process then collects every
     teacher in order. The run's threads are shared out (this process keeps its share until :func:`join_helpers`).
-    None on one thread, a GPU or under DDP, or with fewer than two jobs."""
+    None on one thread, a GPU or under DDP (where nothing is looked up), or with fewer than two jobs."""
     if ctx.env.accelerator != "cpu" or ctx.env.multi_process or ctx.env.threads < 2:
-        return []
+        return [], []
+    jobs, what = _jobs(ctx, cfgs, pretrain_stage)
     n = min(ctx.env.threads, len(jobs))
     if n < 2:
-        return []
+        return [], []
     share = ctx.env.threads // n
     helpers = []
     for k in range(1, n):
@@ -378,7 +380,7 @@ def start_helpers(ctx: StageContext, jobs: list[Callable[[], Any]], what: str) -
         helpers.append(helper)
     torch.set_num_threads(share)
     ctx.env.console.print(f"    {what} to train: {n} processes, {share} thread{'s' * (share > 1)} each")
-    return helpers
+    return helpers, jobs
 
 
 def _helper(ctx: StageContext, jobs: list[Callable[[], Any]], threads: int) -> None:
@@ -443,11 +445,9 @@ def teacher_stage(ctx: StageContext, pretrain_stage: str | None = None) -> dict[
     floor, max_share, gate = ctx.config["floor"], ctx.config["max_class_share"], ctx.config["gate"]
     n_fit, val_labels = len(ctx.clips("fit")), ctx.clips("val").labels
     cfgs = teacher_configs(ctx, ctx.stage)
-    jobs, what = _jobs(ctx, cfgs, pretrain_stage)
-    helpers = start_helpers(ctx, jobs, what)
+    helpers, jobs = start_helpers(ctx, cfgs, pretrain_stage)
     try:
-        if helpers:
-            work_through(jobs)
+        work_through(jobs)  # with the helpers, if any; then every teacher is collected in order
         trained = [train_teacher(ctx, cfg) for cfg in cfgs]
     except BaseException:
         join_helpers(ctx, helpers, stop=True)

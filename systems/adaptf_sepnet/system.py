@@ -34,7 +34,6 @@ from bench.train.teachers import PRETRAIN, TEACHERS, distillation, fit_distilled
     stage_pretraining, teacher_stage, teacher_submissions
 
 
-
 @reads(TEACHERS)
 def teachers(ctx) -> dict:
     """The teachers; their parallel processes pre-train TF-SepNet alongside (the pretrain stage then finds it)."""
