@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 from rich.console import Console
 
+from bench import allocator
 from bench.data.manifest import load_manifest
 from bench.data.sources import resolve
 from bench.identity import digest_of
@@ -96,14 +97,15 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     run_dir = _run_folder(spec, profile, variant, seed, started)
     console.print(f"[bold]{spec.name}[/] ({profile}{', ' + variant if variant else ''}, seed {seed}) on "
                   f"{manifest.name}: {len(run_data.fit)} training / {len(run_data.val)} validation clips; "
-                  f"{n_threads} thread{'s' if n_threads > 1 else ''} ({why_threads}); run folder {run_dir}")
+                  f"{n_threads} thread{'s' if n_threads > 1 else ''} ({why_threads}); allocator {allocator.active()}; run "
+                  f"folder {run_dir}")
 
     validation = {"split": split, "fraction": val_fraction,
                   "locations": sorted(run_data.val.frame["identifier"].dropna().unique().tolist())}
     record = {"system": spec.name, "system_folder": str(spec.path), "profile": profile, "variant": variant,
               "seed": seed, "dataset": manifest.name, "dataset_fingerprint": store.fingerprint, "train_split": split,
               "validation": validation, "started_at": started.isoformat(), "threads": n_threads,
-              "threads_chosen": why_threads}
+              "threads_chosen": why_threads, "allocator": allocator.active()}
     result = RunResult(run_dir)
     previous: dict[str, dict[str, Any]] = {}
     upstream: dict[str, str] = {}

@@ -296,7 +296,7 @@ def test_problems_stay_whole_and_greppable_in_a_ci_log(tau22, tmp_path):
     meta.to_csv(tau22 / "meta.csv", sep="\t", index=False)
     split = pd.read_csv(tau22 / "split25.csv", sep="\t").replace(old, new)
     split.to_csv(tau22 / "split25.csv", sep="\t", index=False)
-    piped = subprocess.run([sys.executable, "-c", "from bench.cli import main; main()", "data", "check", str(tau22)],
+    piped = subprocess.run([sys.executable, "-m", "bench", "data", "check", str(tau22)],
                            capture_output=True, text=True, timeout=120)
     assert piped.returncode == 1
     line = next(line for line in piped.stdout.splitlines() if str(tau22 / new) in line)  # the whole path, one line
@@ -342,7 +342,7 @@ def test_a_full_disk_during_prepare_is_one_line_naming_the_space_needed(smoke_da
     small = tmp_path / "small"
     small.mkdir()
     proc = subprocess.run(["bwrap", "--dev-bind", "/", "/", "--size", "2000000", "--tmpfs", str(small),
-                           sys.executable, "-c", "from bench.cli import main; main()", "data", "prepare",
+                           sys.executable, "-m", "bench", "data", "prepare",
                            str(smoke_dataset), "--store", str(small / "store")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr

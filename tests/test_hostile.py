@@ -225,7 +225,7 @@ def score(root: Path, package: str, data: Path, board: Path, *extra: str, env: d
             "--timeout", "300", *extra]
     if env is None:
         return runner.invoke(app, args)
-    return subprocess.run([sys.executable, "-c", "from bench.cli import main; main()", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True,
                           text=True, env=env, timeout=600)
 
 

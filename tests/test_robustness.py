@@ -95,7 +95,7 @@ def test_two_runs_of_one_uncached_configuration_at_once_share_the_work_and_both_
                                                                                          smoke_dataset):
     folder, board = _system(tmp_path), tmp_path / "board.parquet"
     env = {**os.environ, "ASCBENCH_HOME": str(tmp_path / "home")}
-    command = [sys.executable, "-c", "from bench.cli import main; main()", "run", str(folder), "--data",
+    command = [sys.executable, "-m", "bench", "run", str(folder), "--data",
                str(smoke_dataset), "--profile", "smoke", "--board", str(board), "--no-progress", "--no-int8",
                "--no-energy", "--json"]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -229,7 +229,7 @@ def test_ddp_two_processes_on_cpu_learns(tiny_system, smoke_dataset, fresh_home,
     """`bench run --devices 2` in a real process (pytest's captured stdio cannot be handed to spawned workers),
     keeping the best epoch (whose checkpoint callback lives in the spawned workers)."""
     board = tmp_path / "b.parquet"
-    cmd = [sys.executable, "-c", "from bench.cli import main; main()", "run", str(tiny_system), "--data",
+    cmd = [sys.executable, "-m", "bench", "run", str(tiny_system), "--data",
            str(smoke_dataset), "--profile", "smoke", "--devices", "2", "--board", str(board), "--no-progress",
            "--variant", "best"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -58,7 +58,7 @@ def main() -> None:
                                                            load_manifest(store.info["manifest"]).classes)
         env = {**os.environ, "ASCBENCH_THREADS": str(args.threads)}
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", "from bench.cli import main; main()", "score", "--submission",
+        out = subprocess.run([sys.executable, "-m", "bench", "score", "--submission",
                               str(submission), "--board", "none", "--json"], env=env, check=True,
                              capture_output=True, text=True).stdout
         wall = time.perf_counter() - start
