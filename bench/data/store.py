@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -172,6 +173,15 @@ def prepare(root: str | Path, splits: list[str] | None = None, store_dir: Path |
     filenames = sorted(set().union(*members.values()))
     store_dir = Path(store_dir) if store_dir else default_store_dir(dataset)
     state = source_state(dataset, filenames, splits)
+    store_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(store_dir.with_name(store_dir.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # one packer per store: a second process waits, then reuses the store
+        return _pack(dataset, members, filenames, splits, store_dir, state, threads, progress)
+
+
+def _pack(dataset, members: dict[str, list[str]], filenames: list[str], splits: list[str], store_dir: Path,
+          state: str, threads: int, progress: Callable[[int, int], None] | None) -> PrepareReport:
+    """:func:`prepare` under its lock: reuse a complete store of the same source, else (re)pack it, resuming."""
     info_path = store_dir / "store.json"
     rebuilt = None
     if info_path.exists():
