@@ -8,6 +8,9 @@ real 1-s clips of the embedded default data, with the recipe's augmentations: wa
 device impulse responses), front-end (STFT, mel, log, and the frequency masking inside it), feature augmentation
 (Freq-MixStyle; mixup of features), forward with the loss, backward, optimizer step; and, before the step, reading
 the batch from the packed store. Median over ``--steps`` steps after one warm-up step, in ms per step and clips/s.
+
+The memory allocator is chosen as ``bench`` chooses it (``bench/allocator.py``); ``ASCBENCH_ALLOCATOR=system``
+measures glibc's defaults instead.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench import allocator
 from bench.augment import DeviceImpulseResponse, FreqMixStyle, TimeRoll
 from bench.data.irs import load_irs
 from bench.data.manifest import load_manifest
@@ -120,6 +124,7 @@ def profile_step(recipe: Recipe, batch_size: int, steps: int, store, manifest,
 
 
 def main() -> None:
+    allocator.ensure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", nargs="*", default=list(NETS), choices=list(NETS))
     parser.add_argument("--batch-sizes", nargs="*", type=int, help="instead of each recipe's own")
@@ -130,7 +135,8 @@ def main() -> None:
     store = resolve(None).store  # the embedded default data
     manifest = load_manifest(store.info["manifest"])
     irs = load_irs(Path(store.info["source"]) / manifest.irs["folder"])
-    print(f"{cpu_model()}; torch {torch.__version__}, {args.threads} thread{'s' * (args.threads > 1)}; median of "
+    print(f"{cpu_model()}; torch {torch.__version__}, {args.threads} thread{'s' * (args.threads > 1)}; allocator "
+          f"{allocator.active()}; median of "
           f"{args.steps} steps after one warm-up; real clips of {store.info['manifest']}")
     header = f"{'network':22s} {'batch':>5s} " + " ".join(f"{p:>15s}" for p in PHASES) + f" {'step':>8s} {'clips/s':>8s}"
     print("ms per step (share of the step)\n" + header)
