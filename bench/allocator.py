@@ -3,7 +3,7 @@
 Why: a training step at the recipes' batch size 256 allocates and frees activations of 100 MB and more in every
 layer. glibc's malloc hands each such block back to the kernel when it is freed (``mmap``/``munmap``), so the next
 step faults every page in again, and the page faults cost more than the arithmetic: the baseline's CP-Mobile at batch
-256 trained 31 clips/s with glibc's defaults, 79 with tcmalloc (``python -m bench.benchmarks.training_step``,
+256 trained 27.2 clips/s with glibc's defaults, 81.9 with tcmalloc (``python -m bench.benchmarks.training_step``;
 docs/performance.md). The allocator cannot be changed inside a running process, so :func:`ensure` re-executes the
 ``bench`` command once, with the same arguments, under:
 

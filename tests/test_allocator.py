@@ -15,9 +15,13 @@ REPORT = ("from bench import allocator; allocator.ensure(); import os; print(all
           "os.environ.get('LD_PRELOAD', ''), os.environ.get('GLIBC_TUNABLES', ''), sep='|')")
 
 
+def _env(**env: str) -> dict[str, str]:
+    """This environment without any allocator setting of its own, plus ``env``."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("ASCBENCH_ALLOCATOR")}, **env}
+
+
 def _active(**env: str) -> list[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ASCBENCH_ALLOCATOR")}
-    out = subprocess.run([sys.executable, "-c", REPORT], env={**clean, **env}, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", REPORT], env=_env(**env), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().split("|")
 
@@ -34,8 +38,7 @@ def test_the_command_is_re_executed_under_the_chosen_allocator():
 
 
 def test_a_bad_choice_is_a_one_line_error():
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ASCBENCH_ALLOCATOR")}
-    out = subprocess.run([sys.executable, "-m", "bench", "--help"], env={**clean, "ASCBENCH_ALLOCATOR": "jemalloc"},
+    out = subprocess.run([sys.executable, "-m", "bench", "--help"], env=_env(ASCBENCH_ALLOCATOR="jemalloc"),
                          capture_output=True, text=True)
     assert out.returncode == 1
     assert out.stderr.strip() == "error: $ASCBENCH_ALLOCATOR='jemalloc': choose one of auto, tcmalloc, glibc-tuned, system"
@@ -69,11 +72,9 @@ print(allocator.active(), hashlib.sha1(b"".join(p.detach().numpy().tobytes() for
 
 def test_the_allocator_changes_no_result():
     """Two training steps give bit-identical weights under every allocator: only where memory comes from changes."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ASCBENCH_ALLOCATOR")}
     results = {}
     for choice in ("system", "glibc-tuned", "auto"):
-        out = subprocess.run([sys.executable, "-c", TRAIN], env={**clean, "ASCBENCH_ALLOCATOR": choice,
-                                                                 "OMP_NUM_THREADS": "2"},
+        out = subprocess.run([sys.executable, "-c", TRAIN], env=_env(ASCBENCH_ALLOCATOR=choice, OMP_NUM_THREADS="2"),
                              capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         name, digest = out.stdout.split()
