@@ -16,8 +16,9 @@ REPORT = ("from bench import allocator; allocator.ensure(); import os; print(all
 
 
 def _env(**env: str) -> dict[str, str]:
-    """This environment without any allocator setting of its own, plus ``env``."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("ASCBENCH_ALLOCATOR")}, **env}
+    """This environment without any allocator setting (the suite's own, tests/conftest.py), plus ``env``."""
+    return {**{k: v for k, v in os.environ.items()
+               if not k.startswith("ASCBENCH_ALLOCATOR") and k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}, **env}
 
 
 def _active(**env: str) -> list[str]:
@@ -74,7 +75,7 @@ def test_the_allocator_changes_no_result():
     """Two training steps give bit-identical weights under every allocator: only where memory comes from changes."""
     results = {}
     for choice in ("system", "glibc-tuned", "auto"):
-        out = subprocess.run([sys.executable, "-c", TRAIN], env=_env(ASCBENCH_ALLOCATOR=choice, OMP_NUM_THREADS="2"),
+        out = subprocess.run([sys.executable, "-c", TRAIN], env=_env(ASCBENCH_ALLOCATOR=choice),
                              capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         name, digest = out.stdout.split()
