@@ -1,9 +1,11 @@
-"""Architectures: published complexity figures, PaSST checkpoint layout, Residual Normalization, FX QAT."""
+"""Architectures: published complexity figures, PaSST checkpoint layout, Residual Normalization, FX QAT, the memory
+layout each network trains in."""
 
 from __future__ import annotations
 
 import copy
 
+import lightning as L
 import pytest
 import torch
 from torch.ao.quantization import get_default_qat_qconfig_mapping
@@ -12,10 +14,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchinfo import summary
 
 from bench.models import create_model, list_models
-from bench.models.frontends import CpMel, preemphasis
+from bench.models.frontends import CpMel, TorchaudioLogMel, preemphasis
 from bench.models.passt import load_passt_checkpoint
 from bench.models.pretrained import HEAD_PREFIXES, load_pretrained
 from bench.models.resnorm import ResidualNorm
+from bench.train.task import ClassifierTask, OptimConfig
 
 ONE_SECOND = 32_000
 PAPER_DSF = {  # DS-FlexiNet Table II: params, MACs
@@ -55,6 +58,17 @@ def fully_masked(x: torch.Tensor) -> bool:
     """Whether a whole frequency row or time column holds the mask value (log 0 -> (0 + 4.5) / 5 = 0.9)."""
     hit = torch.isclose(x, torch.tensor(0.9))
     return bool(hit.all(dim=3).any() or hit.all(dim=2).any())
+
+
+def test_baseline_frontend_is_torchaudios_mel_spectrogram_up_to_rounding():
+    frontend = TorchaudioLogMel(freqm=48).eval()
+    wave = 0.1 * torch.randn(3, ONE_SECOND, generator=torch.Generator().manual_seed(0))
+    expected = torch.log(frontend.mel(wave) + 1e-5).unsqueeze(1)
+    got = frontend(wave)
+    assert got.shape == (3, 1, 256, 65) and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    masked = frontend.train()(wave)
+    assert (masked == torch.log(torch.tensor(1e-5))).any() and not (got == torch.log(torch.tensor(1e-5))).any()
 
 
 def test_cpmel_masks_after_log_only_in_training():
@@ -239,3 +253,32 @@ def test_fx_qat_prepare_and_convert(name):
     out = quantized(x)
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     assert any(m.__class__.__module__.startswith("torch.ao.nn.quantized") for m in quantized.modules())
+
+
+class _LayoutProbe(L.Callback):
+    """Records, at every training batch, whether the network's convolution weights are channels-last."""
+
+    def __init__(self):
+        self.seen: list[bool] = []
+
+    def on_train_batch_start(self, trainer, task, batch, batch_idx):
+        convs = [m.weight for m in task.model.net.modules() if isinstance(m, torch.nn.Conv2d)]
+        self.seen.append(all(w.is_contiguous(memory_format=torch.channels_last) for w in convs))
+
+
+def test_a_network_trains_in_the_layout_it_declares_and_is_saved_in_the_default_one():
+    # DS-FlexiNet measured slower channels-last: it keeps the default layout
+    assert getattr(create_model("dsflexinet_sm1").net, "train_memory_format", torch.contiguous_format) == \
+        torch.contiguous_format
+    torch.manual_seed(0)
+    clips = [{"wave": 0.1 * torch.randn(ONE_SECOND // 4), "label": i % 4, "device": 0} for i in range(8)]
+    batches = torch.utils.data.DataLoader(clips, batch_size=4)
+    task = ClassifierTask(create_model("cpmobile_baseline"), OptimConfig.from_config({"batch_size": 4}))
+    probe = _LayoutProbe()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    L.Trainer(max_epochs=1, accelerator="cpu", deterministic=True, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, callbacks=[probe]).fit(task, batches)
+    torch.use_deterministic_algorithms(False)
+    assert probe.seen == [True, True]
+    assert all(p.is_contiguous() for p in task.model.parameters())  # what is saved, quantized and exported
+    assert torch.utils.deterministic.fill_uninitialized_memory == fill

@@ -1,13 +1,17 @@
 """Where a training step's time goes, for each reference network at the batch sizes its recipes use.
 
 ``python -m bench.benchmarks.training_step [--nets baseline dsflexinet-sm2 ...] [--batch-sizes 32 256]
-[--steps 3] [--threads N]``
+[--steps 3] [--threads N] [--memory-format declared|contiguous|channels_last ...]``
 
 For each network the step of :class:`bench.train.task.ClassifierTask` is taken apart and timed phase by phase on
 real 1-s clips of the embedded default data, with the recipe's augmentations: waveform augmentation (time roll,
 device impulse responses), front-end (STFT, mel, log, and the frequency masking inside it), feature augmentation
 (Freq-MixStyle; mixup of features), forward with the loss, backward, optimizer step; and, before the step, reading
 the batch from the packed store. Median over ``--steps`` steps after one warm-up step, in ms per step and clips/s.
+
+As in ``bench``'s fits: deterministic algorithms on, without filling new tensors with NaN
+(:meth:`bench.train.task.ClassifierTask.setup`), and the network in the memory layout it declares
+(``train_memory_format``: ``declared``); ``--memory-format contiguous channels_last`` measures each layout instead.
 
 The memory allocator is chosen as ``bench`` chooses it (``bench/allocator.py``); ``ASCBENCH_ALLOCATOR=system``
 measures glibc's defaults instead.
@@ -74,11 +78,16 @@ def _timed(times: dict[str, list[float]], phase: str, fn: Callable[[], Any]) -> 
     return out
 
 
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
 def profile_step(recipe: Recipe, batch_size: int, steps: int, store, manifest,
-                 irs: list[torch.Tensor]) -> dict[str, float]:
+                 irs: list[torch.Tensor], layout: str = "declared") -> dict[str, float]:
     """Median seconds per phase of one training step (the phases of ``PHASES``)."""
     torch.manual_seed(0)
     model = create_model(recipe.model, **recipe.model_options).train()
+    model.net.to(memory_format=LAYOUTS.get(layout) or getattr(model.net, "train_memory_format",
+                                                               torch.contiguous_format))
     wave_aug: list[torch.nn.Module] = []
     if recipe.roll_seconds:
         wave_aug.append(TimeRoll(int(recipe.roll_seconds * SAMPLE_RATE)))
@@ -123,6 +132,11 @@ def profile_step(recipe: Recipe, batch_size: int, steps: int, store, manifest,
     return {phase: statistics.median(values[1:]) for phase, values in times.items()}
 
 
+def _layout_name(model: str) -> str:
+    fmt = getattr(create_model(model).net, "train_memory_format", torch.contiguous_format)
+    return next(name for name, f in LAYOUTS.items() if f == fmt)
+
+
 def main() -> None:
     allocator.ensure()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,23 +144,30 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="*", type=int, help="instead of each recipe's own")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--memory-format", nargs="*", default=["declared"], choices=["declared", *LAYOUTS],
+                        help="the network's layout: the one it declares (as bench trains it), or each one given")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     store = resolve(None).store  # the embedded default data
     manifest = load_manifest(store.info["manifest"])
     irs = load_irs(Path(store.info["source"]) / manifest.irs["folder"])
     print(f"{cpu_model()}; torch {torch.__version__}, {args.threads} thread{'s' * (args.threads > 1)}; allocator "
           f"{allocator.active()}; median of "
           f"{args.steps} steps after one warm-up; real clips of {store.info['manifest']}")
-    header = f"{'network':22s} {'batch':>5s} " + " ".join(f"{p:>15s}" for p in PHASES) + f" {'step':>8s} {'clips/s':>8s}"
+    header = f"{'network':22s} {'layout':>13s} {'batch':>5s} " + " ".join(f"{p:>15s}" for p in PHASES) + f" {'step':>8s} {'clips/s':>8s}"
     print("ms per step (share of the step)\n" + header)
     for name in args.nets:
         recipe = NETS[name]
         for batch_size in args.batch_sizes or recipe.batch_sizes:
-            phases = profile_step(recipe, batch_size, args.steps, store, manifest, irs)
-            total = sum(phases.values())
-            cells = " ".join(f"{1e3 * v:8.0f} ({100 * v / total:2.0f}%)" for v in phases.values())
-            print(f"{name:22s} {batch_size:5d} {cells} {1e3 * total:8.0f} {batch_size / total:8.1f}")
+            for layout in args.memory_format:
+                phases = profile_step(recipe, batch_size, args.steps, store, manifest, irs, layout)
+                total = sum(phases.values())
+                cells = " ".join(f"{1e3 * v:8.0f} ({100 * v / total:2.0f}%)" for v in phases.values())
+                shown = layout if layout != "declared" else f"{_layout_name(recipe.model)}*"
+                print(f"{name:22s} {shown:>13s} {batch_size:5d} {cells} {1e3 * total:8.0f} {batch_size / total:8.1f}")
+    print("* the layout the network declares (train_memory_format), the one bench trains it in")
 
 
 if __name__ == "__main__":

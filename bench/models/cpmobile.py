@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 from bench.models import register
@@ -64,6 +65,9 @@ class InvertedResidual(nn.Module):
 
 
 class CPMobileNet(nn.Module):
+    # trains 1.3-1.9x faster channels-last on CPU (oneDNN), validation accuracy within the seed spread (docs/performance.md)
+    train_memory_format = torch.channels_last
+
     def __init__(self, n_classes: int = 10, base_channels: int = 32, channels_multiplier: float = 1.8,
                  expansion_rate: float = 2.1, n_blocks=(3, 2, 1), strides=None):
         super().__init__()
