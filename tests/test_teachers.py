@@ -18,7 +18,7 @@ from bench.run import run_system
 from bench.score.scorer import ScoreOptions
 from bench.train.cache import CacheEntry
 from bench.train.stages import StageError
-from bench.train.teachers import gate_failures, gate_verdict, validation_quality, work_through
+from bench.train.teachers import gate_failures, gate_verdict, longest_first, validation_quality, work_through
 
 FAST = ScoreOptions(int8=False, energy=False, n_boot=10)
 
@@ -213,3 +213,14 @@ def test_a_process_does_free_work_first_and_comes_back_to_what_another_process_h
     work_through([train_shared, train_teacher, train_other])
     holder.join(30)
     assert done == ["other", "shared", "teacher"]
+
+
+def test_the_longest_teachers_are_started_first():
+    """DS-FlexiNet's default teachers: the 24-epoch PaSST goes first, so neither process is left training it alone
+    after both CP-ResNets (12 epochs each); equals keep the system's order."""
+    cfgs = [{"name": "cpresnet-fms-dir", "epochs": 12, "pretrain": None},
+            {"name": "cpresnet-fms", "epochs": 12, "pretrain": None},
+            {"name": "passt-tiny-fms", "epochs": 24, "pretrain": None},
+            {"name": "pretrained", "epochs": 12, "pretrain": {"data": "events", "epochs": 3}}]
+    assert [c["name"] for c in longest_first(cfgs)] == ["passt-tiny-fms", "pretrained", "cpresnet-fms-dir",
+                                                         "cpresnet-fms"]

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from bench import allocator
 from bench.benchmarks.teacher_throughput import train_rate
 from bench.provenance import cpu_model
 from bench.threads import choose_threads, usable_cores
@@ -49,6 +50,7 @@ def _spin() -> None:
 
 
 def main() -> None:
+    allocator.ensure()  # the allocator bench runs under (bench/allocator.py)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="*", default=["passt_tiny", "cpresnet_128k"])
     parser.add_argument("--batch-size", type=int, default=32)

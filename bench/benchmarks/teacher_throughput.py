@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from bench import allocator
 from bench.models import create_model
 
 DEFAULT_MODELS = ("passt_tiny", "passt_small", "cpresnet_half", "cpresnet_128k", "cpmobile_baseline",
@@ -20,6 +21,7 @@ def train_rate(name: str, batch_size: int, steps: int) -> tuple[float, float]:
     """(training clips/s, inference clips/s) on random 1-s waveforms; the median step after one warm-up step."""
     torch.manual_seed(0)
     model = create_model(name)
+    model.net.to(memory_format=getattr(model.net, "train_memory_format", torch.contiguous_format))  # as bench trains it
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     wave = 0.05 * torch.randn(batch_size, 32_000)
     label = torch.randint(0, 10, (batch_size,))
@@ -40,6 +42,7 @@ def train_rate(name: str, batch_size: int, steps: int) -> tuple[float, float]:
 
 
 def main() -> None:
+    allocator.ensure()  # the allocator bench runs under (bench/allocator.py)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS))
     parser.add_argument("--batch-size", type=int, default=64)

@@ -167,7 +167,8 @@ def main() -> None:
                 cells = " ".join(f"{1e3 * v:8.0f} ({100 * v / total:2.0f}%)" for v in phases.values())
                 shown = layout if layout != "declared" else f"{_layout_name(recipe.model)}*"
                 print(f"{name:22s} {shown:>13s} {batch_size:5d} {cells} {1e3 * total:8.0f} {batch_size / total:8.1f}")
-    print("* the layout the network declares (train_memory_format), the one bench trains it in")
+    if "declared" in args.memory_format:
+        print("* the layout the network declares (train_memory_format), the one bench trains it in")
 
 
 if __name__ == "__main__":

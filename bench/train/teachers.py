@@ -325,10 +325,16 @@ def stage_pretraining(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]
 
 def _jobs(ctx: StageContext, cfgs: list[dict[str, Any]],
           pretrain_stage: str | None) -> tuple[list[Callable[[], Any]], str]:
-    """What the teacher stage's processes can do, uncached — the missing teachers, then the pre-training of the
-    later stage ``pretrain_stage`` (it needs no teacher; none where that stage loads a checkpoint) — and in words."""
-    jobs: list[Callable[[], Any]] = [functools.partial(train_teacher, ctx, cfg) for cfg in cfgs
-                                     if not teacher_entry(ctx, cfg, _corpus(ctx, cfg)).lookup()[0]]
+    """What the teacher stage's processes can do, uncached — the missing teachers, longest first, then the
+    pre-training of the later stage ``pretrain_stage`` (it needs no teacher; none where that stage loads a
+    checkpoint) — and in words.
+
+    Longest first (by epochs, pre-training included; the order of equals kept): a process that is left with the
+    longest teacher at the end would train it alone while the other cores idle (DS-FlexiNet's default teachers:
+    PaSST 24 epochs after two CP-ResNets of 12). Which process trains a teacher changes nothing in it: each has the
+    same threads."""
+    missing = [cfg for cfg in cfgs if not teacher_entry(ctx, cfg, _corpus(ctx, cfg)).lookup()[0]]
+    jobs: list[Callable[[], Any]] = [functools.partial(train_teacher, ctx, cfg) for cfg in longest_first(missing)]
     what = f"{len(jobs)} teacher{'s' * (len(jobs) != 1)}"
     if pretrain_stage:
         later = StageContext(ctx.env, pretrain_stage, ctx.workdir, {})
@@ -338,6 +344,11 @@ def _jobs(ctx: StageContext, cfgs: list[dict[str, Any]],
                 jobs.append(functools.partial(pretrained_weights, later, student, recipe, corpus))
                 what += f" and the {pretrain_stage} stage's {student['model']}"
     return jobs, what
+
+
+def longest_first(cfgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Teacher configs by their epochs (pre-training included), most first; equals keep their order."""
+    return sorted(cfgs, key=lambda cfg: -(cfg["epochs"] + ((cfg["pretrain"] or {}).get("epochs") or 0)))
 
 
 def work_through(jobs: list[Callable[[], Any]]) -> None:
