@@ -65,7 +65,7 @@ class InvertedResidual(nn.Module):
 
 
 class CPMobileNet(nn.Module):
-    # trains 1.3-1.9x faster channels-last on CPU (oneDNN), validation accuracy within the seed spread (docs/performance.md)
+    # trains 1.1-1.4x faster channels-last on CPU (oneDNN); validation accuracy within the seed spread (docs/performance.md)
     train_memory_format = torch.channels_last
 
     def __init__(self, n_classes: int = 10, base_channels: int = 32, channels_multiplier: float = 1.8,

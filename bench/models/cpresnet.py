@@ -36,7 +36,7 @@ class BasicBlock(nn.Module):
 
 
 class CPResNet(nn.Module):
-    # trains 1.17x faster channels-last on CPU at batch 32 (oneDNN; docs/performance.md)
+    # trains 1.1x faster channels-last on CPU at batch 32 (oneDNN; docs/performance.md)
     train_memory_format = torch.channels_last
 
     def __init__(self, n_classes: int = 10, widths=(32, 64, 92), groups_s2: int = 2):
