@@ -37,7 +37,7 @@ from bench.data.irs import load_irs
 from bench.data.manifest import load_manifest
 from bench.data.sources import resolve
 from bench.models import create_model
-from bench.models.base import SAMPLE_RATE
+from bench.models.base import SAMPLE_RATE, train_memory_format
 from bench.provenance import cpu_model
 
 
@@ -86,8 +86,7 @@ def profile_step(recipe: Recipe, batch_size: int, steps: int, store, manifest,
     """Median seconds per phase of one training step (the phases of ``PHASES``)."""
     torch.manual_seed(0)
     model = create_model(recipe.model, **recipe.model_options).train()
-    model.net.to(memory_format=LAYOUTS.get(layout) or getattr(model.net, "train_memory_format",
-                                                               torch.contiguous_format))
+    model.net.to(memory_format=LAYOUTS.get(layout) or train_memory_format(model.net))
     wave_aug: list[torch.nn.Module] = []
     if recipe.roll_seconds:
         wave_aug.append(TimeRoll(int(recipe.roll_seconds * SAMPLE_RATE)))
@@ -133,7 +132,7 @@ def profile_step(recipe: Recipe, batch_size: int, steps: int, store, manifest,
 
 
 def _layout_name(model: str) -> str:
-    fmt = getattr(create_model(model).net, "train_memory_format", torch.contiguous_format)
+    fmt = train_memory_format(create_model(model).net)
     return next(name for name, f in LAYOUTS.items() if f == fmt)
 
 

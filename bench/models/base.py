@@ -43,3 +43,9 @@ class ASCModel(nn.Module):
         finally:
             self.frontend.train(was_training)
         return shape
+
+
+def train_memory_format(net: nn.Module) -> torch.memory_format:
+    """The layout a network trains in: its class's ``train_memory_format`` (measured per architecture, e.g.
+    CP-Mobile's channels-last), else PyTorch's default."""
+    return getattr(net, "train_memory_format", torch.contiguous_format)
