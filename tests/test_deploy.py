@@ -71,6 +71,20 @@ def test_every_form_round_trips_bit_for_bit_on_every_device(mixed, tmp_path):
     assert isinstance(mixed.load_inputs(waves[:6], devices[:6]), list)  # two front-ends, two input shapes
 
 
+def test_float_models_infer_in_their_declared_layout_with_the_default_layouts_logits(mixed):
+    # CP-Mobile infers 1.5-2x faster channels-last; the saved state stays in the default layout
+    waves = _waves(4)
+    for dev, dtype, atol in (("a", torch.float32, 1e-4), (UNKNOWN, torch.float16, 2e-2)):
+        dep = mixed.deployment(dev)
+        assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+                   for m in dep.net.modules() if isinstance(m, torch.nn.Conv2d))
+        assert all(v.is_contiguous() for v in dep.state.values())
+        plain = _model("cpmobile_baseline", 0 if dev == UNKNOWN else 1).net.to(dtype)
+        with torch.inference_mode():
+            expected = plain(dep.frontend(waves).to(dtype)).float()
+        torch.testing.assert_close(mixed.predict(waves, [dev] * 4), expected, atol=atol, rtol=0)
+
+
 def test_complexity_and_dtype_are_per_device_and_the_row_shows_the_maximum(mixed):
     complexity = official_complexity(mixed)
     assert list(complexity.per_device) == list(OFFICIAL_DEVICES)

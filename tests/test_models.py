@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchinfo import summary
 
 from bench.models import create_model, list_models
-from bench.models.base import train_memory_format
+from bench.models.base import declared_memory_format
 from bench.models.frontends import CpMel, TorchaudioLogMel, preemphasis
 from bench.models.passt import load_passt_checkpoint
 from bench.models.pretrained import HEAD_PREFIXES, load_pretrained
@@ -269,7 +269,7 @@ class _LayoutProbe(L.Callback):
 
 def test_a_network_trains_in_the_layout_it_declares_and_is_saved_in_the_default_one():
     # DS-FlexiNet measured slower channels-last: it keeps the default layout
-    assert train_memory_format(create_model("dsflexinet_sm1").net) == torch.contiguous_format
+    assert declared_memory_format(create_model("dsflexinet_sm1").net) == torch.contiguous_format
     torch.manual_seed(0)
     clips = [{"wave": 0.1 * torch.randn(ONE_SECOND // 4), "label": i % 4, "device": 0} for i in range(8)]
     batches = torch.utils.data.DataLoader(clips, batch_size=4)

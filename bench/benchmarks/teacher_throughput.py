@@ -12,7 +12,7 @@ import torch
 
 from bench import allocator
 from bench.models import create_model
-from bench.models.base import train_memory_format
+from bench.models.base import declared_memory_format
 
 DEFAULT_MODELS = ("passt_tiny", "passt_small", "cpresnet_half", "cpresnet_128k", "cpmobile_baseline",
                   "dsflexinet_sm2")
@@ -22,7 +22,7 @@ def train_rate(name: str, batch_size: int, steps: int) -> tuple[float, float]:
     """(training clips/s, inference clips/s) on random 1-s waveforms; the median step after one warm-up step."""
     torch.manual_seed(0)
     model = create_model(name)
-    model.net.to(memory_format=train_memory_format(model.net))  # as bench trains it
+    model.net.to(memory_format=declared_memory_format(model.net))  # as bench trains it
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     wave = 0.05 * torch.randn(batch_size, 32_000)
     label = torch.randint(0, 10, (batch_size,))

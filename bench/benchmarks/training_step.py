@@ -11,7 +11,7 @@ the batch from the packed store. Median over ``--steps`` steps after one warm-up
 
 As in ``bench``'s fits: deterministic algorithms on, without filling new tensors with NaN
 (:meth:`bench.train.task.ClassifierTask.setup`), and the network in the memory layout it declares
-(``train_memory_format``: ``declared``); ``--memory-format contiguous channels_last`` measures each layout instead.
+(``memory_format``: ``declared``); ``--memory-format contiguous channels_last`` measures each layout instead.
 
 The memory allocator is chosen as ``bench`` chooses it (``bench/allocator.py``); ``ASCBENCH_ALLOCATOR=system``
 measures glibc's defaults instead.
@@ -37,7 +37,7 @@ from bench.data.irs import load_irs
 from bench.data.manifest import load_manifest
 from bench.data.sources import resolve
 from bench.models import create_model
-from bench.models.base import SAMPLE_RATE, train_memory_format
+from bench.models.base import SAMPLE_RATE, declared_memory_format
 from bench.provenance import cpu_model
 
 
@@ -86,7 +86,7 @@ def profile_step(recipe: Recipe, batch_size: int, steps: int, store, manifest,
     """Median seconds per phase of one training step (the phases of ``PHASES``)."""
     torch.manual_seed(0)
     model = create_model(recipe.model, **recipe.model_options).train()
-    model.net.to(memory_format=LAYOUTS.get(layout) or train_memory_format(model.net))
+    model.net.to(memory_format=LAYOUTS.get(layout) or declared_memory_format(model.net))
     wave_aug: list[torch.nn.Module] = []
     if recipe.roll_seconds:
         wave_aug.append(TimeRoll(int(recipe.roll_seconds * SAMPLE_RATE)))
@@ -132,7 +132,7 @@ def profile_step(recipe: Recipe, batch_size: int, steps: int, store, manifest,
 
 
 def _layout_name(model: str) -> str:
-    fmt = train_memory_format(create_model(model).net)
+    fmt = declared_memory_format(create_model(model).net)
     return next(name for name, f in LAYOUTS.items() if f == fmt)
 
 
@@ -167,7 +167,7 @@ def main() -> None:
                 shown = layout if layout != "declared" else f"{_layout_name(recipe.model)}*"
                 print(f"{name:22s} {shown:>13s} {batch_size:5d} {cells} {1e3 * total:8.0f} {batch_size / total:8.1f}")
     if "declared" in args.memory_format:
-        print("* the layout the network declares (train_memory_format), the one bench trains it in")
+        print("* the layout the network declares (memory_format), the one bench trains it in")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ class ASCModel(nn.Module):
         return shape
 
 
-def train_memory_format(net: nn.Module) -> torch.memory_format:
-    """The layout a network trains in: its class's ``train_memory_format`` (measured per architecture, e.g.
-    CP-Mobile's channels-last), else PyTorch's default."""
-    return getattr(net, "train_memory_format", torch.contiguous_format)
+def declared_memory_format(net: nn.Module) -> torch.memory_format:
+    """The layout a network trains and infers in: its class's ``memory_format`` (measured per architecture on CPU,
+    e.g. CP-Mobile's channels-last), else PyTorch's default."""
+    return getattr(net, "memory_format", torch.contiguous_format)

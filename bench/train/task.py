@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.config import ConfigError, Key, Schema
-from bench.models.base import ASCModel, train_memory_format
+from bench.models.base import ASCModel, declared_memory_format
 from bench.train.optim import warmup_cosine
 
 LossFn = Callable[[torch.Tensor, dict[str, Any]], torch.Tensor]
@@ -137,12 +137,12 @@ class ClassifierTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Per process (DDP workers too), before Lightning builds the optimizer and any DDP wrapper:
 
-        - train in the layout the network declares it trains fastest in (``train_memory_format``, e.g. CP-Mobile's
+        - train in the layout the network declares it trains fastest in (``memory_format``, e.g. CP-Mobile's
           channels-last; ``bench.benchmarks.training_step --memory-format``);
         - the Trainer's deterministic mode would also fill every new tensor with NaN, a debugging aid that cost
           20 % of a batch-256 CP-Mobile step: off (no kernel reads memory it has not written; results unchanged).
         """
-        self.model.net.to(memory_format=train_memory_format(self.model.net))
+        self.model.net.to(memory_format=declared_memory_format(self.model.net))
         self._fill_uninitialized = torch.utils.deterministic.fill_uninitialized_memory
         torch.utils.deterministic.fill_uninitialized_memory = False
 
