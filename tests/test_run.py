@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from bench.cli import app
 from bench.run import run_system
 from bench.score.leaderboard import read_board
+from bench.score.scorer import ScoreOptions
 from bench.submission import load_submission
 from bench.system import SystemError_, load_system
 from bench.train.stages import Interrupted, StageError
@@ -144,6 +145,9 @@ def fresh_home(tmp_path, monkeypatch, smoke_dataset) -> Path:
     return home
 
 
+FAST = ScoreOptions(int8=False, energy=False, n_boot=10)  # where neither INT8 nor energy is under test
+
+
 def run_tiny(system, smoke_dataset, board, **kw):
     return run_system(system, str(smoke_dataset), "smoke", board=board, progress=False, **kw)
 
@@ -182,7 +186,7 @@ def test_same_seed_same_weights_and_metrics(tiny_system, smoke_dataset, tmp_path
     results = []
     for i in range(2):
         monkeypatch.setenv("ASCBENCH_HOME", str(tmp_path / f"home{i}"))
-        results.append(run_tiny(tiny_system, smoke_dataset, None))
+        results.append(run_tiny(tiny_system, smoke_dataset, None, score_options=FAST))
     assert not any(s["reused"] for r in results for s in r.stages)
     assert results[0].rows[0]["macro_acc"] == results[1].rows[0]["macro_acc"]
     assert results[0].rows[0]["log_loss"] == results[1].rows[0]["log_loss"]
@@ -206,7 +210,7 @@ def test_interrupted_stage_resumes_from_its_checkpoint(tiny_system, smoke_datase
     with pytest.raises(Interrupted, match="run the same command again"):
         run_tiny(tiny_system, smoke_dataset, None)
     monkeypatch.delenv("TINY_INTERRUPT_AT")
-    result = run_tiny(tiny_system, smoke_dataset, None)
+    result = run_tiny(tiny_system, smoke_dataset, None, score_options=FAST)
     assert result.rows[0]["status"] == "ok"
     epochs = Path(os.environ["TINY_LOG"]).read_text().split()
     assert epochs == ["epoch", "0", "epoch", "1", "epoch", "1", "epoch", "2"]  # epoch 1 redone, epoch 0 not
@@ -219,7 +223,7 @@ def test_checkpoint_from_another_config_restarts_cleanly(tiny_system, smoke_data
     monkeypatch.delenv("TINY_INTERRUPT_AT")
     key_file = next((fresh_home / "cache" / "stages" / "tiny").glob("train-*/fit/key.json"))
     key_file.write_text(json.dumps({"stage_key": "something else"}))
-    result = run_tiny(tiny_system, smoke_dataset, None)
+    result = run_tiny(tiny_system, smoke_dataset, None, score_options=FAST)
     assert result.rows[0]["status"] == "ok"
     assert Path(os.environ["TINY_LOG"]).read_text().split()[-6:] == ["epoch", "0", "epoch", "1", "epoch", "2"]
 
@@ -231,7 +235,7 @@ def test_ddp_two_processes_on_cpu_learns(tiny_system, smoke_dataset, fresh_home,
     board = tmp_path / "b.parquet"
     cmd = [sys.executable, "-m", "bench", "run", str(tiny_system), "--data",
            str(smoke_dataset), "--profile", "smoke", "--devices", "2", "--board", str(board), "--no-progress",
-           "--variant", "best"]
+           "--variant", "best", "--no-int8", "--no-energy"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ddp_spawn" in proc.stderr or "distributed" in (proc.stdout + proc.stderr).lower()
@@ -275,7 +279,7 @@ def test_stage_that_raises_and_nan_loss(tiny_system, smoke_dataset, fresh_home, 
     with pytest.raises(StageError, match="loss became nan"):
         run_tiny(tiny_system, smoke_dataset, board, variant="nan")
     assert not board.exists()
-    result = run_tiny(tiny_system, smoke_dataset, board)  # a later good run is unaffected
+    result = run_tiny(tiny_system, smoke_dataset, board, score_options=FAST)  # a later good run is unaffected
     assert len(read_board(board)) == 1 and result.rows[0]["status"] == "ok"
 
 
