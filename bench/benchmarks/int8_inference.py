@@ -24,8 +24,8 @@ from bench.models import create_model
 from bench.provenance import cpu_model
 from bench.score.quantize import observe_static, quantize_static
 
-DEFAULT_MODELS = ("cpmobile_baseline", "cpmobile_passt_mel", "dsflexinet_sm1", "dsflexinet_sm2", "dsflexinet_sm3", "dsflexinet_sm4",
-                  "tfsepnet_64")
+DEFAULT_MODELS = ("cpmobile_baseline", "cpmobile_passt_mel", "dsflexinet_sm1", "dsflexinet_sm2", "dsflexinet_sm3",
+                  "dsflexinet_sm4", "tfsepnet_64")
 # the deployed configuration where it is not the registry's: AdapTF-SepNet's default profile and PTQ recipe
 DEPLOYED = {"tfsepnet_64": ({"n_mels": 128}, {"float_modules": ["ResidualNorm"], "activation_observer": "minmax",
                                              "reduce_range": False})}
@@ -75,8 +75,10 @@ def main() -> None:
         rates = [clips_per_s(quantize_static(model.net, [x], x[:1], engine=e, recipe=recipe), x, args.repeats)
                  for e in engines]
         float_rates = [clips_per_s(copy.deepcopy(model.net).to(dtype, memory_format=layout),
-                                   x.to(dtype).contiguous(memory_format=layout), args.repeats) for dtype, layout in floats]
-        print(f"{name:20s} " + " ".join(f"{r:9.1f}" for r in float_rates) + " " + " ".join(f"{r:12.1f}" for r in rates))
+                                   x.to(dtype).contiguous(memory_format=layout), args.repeats)
+                       for dtype, layout in floats]
+        print(f"{name:20s} " + " ".join(f"{r:9.1f}" for r in float_rates) + " "
+              + " ".join(f"{r:12.1f}" for r in rates))
         if args.calibration:
             times = {obs: calibration_s(model, args.calibration, {**(recipe or {}), "activation_observer": obs})
                      for obs in ("histogram", "minmax")}
