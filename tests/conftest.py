@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 from bench import allocator
+from bench.score.scorer import ScoreOptions
+
+FAST = ScoreOptions(int8=False, energy=False, n_boot=10)  # scoring where neither INT8 nor energy is under test
 
 if not os.environ.get("PYTEST_XDIST_WORKER") and allocator.ACTIVE_ENV not in os.environ:
     _name, _changes = allocator.allocator_env(os.environ.get(allocator.ENV, "auto"), dict(os.environ))

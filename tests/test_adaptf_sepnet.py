@@ -16,10 +16,10 @@ from bench.config import ConfigError, check_table
 from bench.models import create_model
 from bench.run import run_system
 from bench.score.leaderboard import read_board
-from bench.score.scorer import ScoreOptions
 from bench.train.ssl import MaskedPatchTask
 from bench.train.task import ClassifierTask, OptimConfig
 from bench.train.teachers import TEACHERS
+from conftest import FAST
 
 DEVICE_MODELS = {"a", "b", "unknown"}  # the smoke profile's device models
 
@@ -79,7 +79,7 @@ def test_adaptf_sepnet_smoke_end_to_end_and_its_package_reproduces_the_logits(tm
                                                                               exported_package):
     board, log = tmp_path / "board.parquet", io.StringIO()
     result = run_system("systems/adaptf_sepnet", str(smoke_dataset), "smoke", board=board, progress=False,
-                        score_options=ScoreOptions(int8=False, energy=False, n_boot=10), threads=2,
+                        score_options=FAST, threads=2,
                         console=Console(file=log, width=300))
     # two processes train the teachers and, alongside, the pretrain stage's TF-SepNet pre-training
     assert "3 teachers and the pretrain stage's tfsepnet_smoke to train: 2 processes" in log.getvalue()

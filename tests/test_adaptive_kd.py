@@ -18,9 +18,9 @@ from bench.distill import DeviceWeights, KDLoss, average_logits
 from bench.models import create_model
 from bench.run import run_system
 from bench.score.leaderboard import read_board
-from bench.score.scorer import ScoreOptions
 from bench.train.dafa import DAFA, DAFATask, dafa_loss, dcsl, gdal
 from bench.train.task import ClassifierTask, OptimConfig
+from conftest import FAST
 
 TOY = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 4.0], [3.0, 3.0]])
 
@@ -194,7 +194,7 @@ def test_adaptive_kd_smoke_end_to_end_and_its_package_reproduces_the_logits(tmp_
                                                                             exported_package):
     board = tmp_path / "board.parquet"
     result = run_system("systems/adaptive_kd", str(smoke_dataset), "smoke", board=board, progress=False,
-                        score_options=ScoreOptions(int8=False, energy=False, n_boot=10))
+                        score_options=FAST)
     rows = read_board(board).set_index("submission")
     assert set(rows.index) == {"adaptive-kd", "adaptive-kd-general", "teacher:passt-ce", "teacher:passt-dafa"}
     row = rows.loc["adaptive-kd"]

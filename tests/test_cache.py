@@ -15,7 +15,7 @@ import pytest
 from bench.identity import Recorder, explain_change, harness_files, stale_dependencies
 from bench.paths import MANIFEST_DIR, PACKAGE_ROOT
 from bench.run import run_system
-from bench.score.scorer import ScoreOptions
+from conftest import FAST
 
 TWO_STAGES_PY = '''
 from bench.config import reads
@@ -79,8 +79,6 @@ row = result.rows[0]
 print("ROW=" + json.dumps({"stages": json.loads(row["stages"]), "run_dir": row["run_dir"],
                            "harness_source": row["harness_source"]}))
 """
-
-FAST = ScoreOptions(int8=False, energy=False, n_boot=10)
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ import pytest
 from bench.paths import SYSTEMS_DIR, data_home
 from bench.run import run_system
 from bench.score.leaderboard import read_board
-from bench.score.scorer import ScoreOptions
-
-FAST = ScoreOptions(int8=False, energy=False, n_boot=10)  # where neither INT8 nor energy is under test
+from conftest import FAST
 
 
 @pytest.mark.heavy

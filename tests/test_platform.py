@@ -24,9 +24,9 @@ from bench.score.leaderboard import read_board
 from bench.score.scorer import ScoreOptions
 from bench.submission import load_submission
 from bench.system import SystemError_, load_system
+from conftest import FAST
 
 runner = CliRunner()
-FAST = ScoreOptions(int8=False, energy=False, n_boot=10)
 
 
 def write_system(folder: Path, toml: str, py: str, **files: str) -> Path:

@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from bench.cli import app
 from bench.run import run_system
 from bench.score.leaderboard import read_board
-from bench.score.scorer import ScoreOptions
 from bench.submission import load_submission
 from bench.system import SystemError_, load_system
 from bench.train.stages import Interrupted, StageError
+from conftest import FAST
 
 runner = CliRunner()
 
@@ -143,9 +143,6 @@ def fresh_home(tmp_path, monkeypatch, smoke_dataset) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("ASCBENCH_HOME", str(home))
     return home
-
-
-FAST = ScoreOptions(int8=False, energy=False, n_boot=10)  # where neither INT8 nor energy is under test
 
 
 def run_tiny(system, smoke_dataset, board, **kw):

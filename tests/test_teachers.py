@@ -15,12 +15,11 @@ import torch
 from rich.console import Console
 
 from bench.run import run_system
-from bench.score.scorer import ScoreOptions
 from bench.train.cache import CacheEntry
 from bench.train.stages import StageError
 from bench.train.teachers import gate_failures, gate_verdict, longest_first, validation_quality, work_through
+from conftest import FAST
 
-FAST = ScoreOptions(int8=False, energy=False, n_boot=10)
 
 TOML = '''
 [system]
