@@ -252,3 +252,6 @@ def test_a_ptq_recipe_names_the_engine_that_packs_the_weights_and_the_record_reb
                               options=ScoreOptions(int8=True, energy=False, n_boot=10))
     assert result.row["int8_error"] == "not quantized again: its own INT8 deployment is row the-int8-row"
     assert result.row.get("int8_macro_acc") is None
+    # the score's phases, in the order they ran, inside its wall time; nothing was quantized, so no INT8 phase
+    assert list(result.phase_s) == ["test prediction", "metrics and intervals", "official complexity count"]
+    assert 0 < sum(result.phase_s.values()) <= result.row["wall_s_score"]

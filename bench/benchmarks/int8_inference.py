@@ -9,7 +9,8 @@ on oneDNN (``bench.score.quantize._select_engine``): this shows why. Float deplo
 network declares (``memory_format``, ``bench.submission.Deployment``): the channels-last columns show where it pays.
 
 ``--calibration N`` also times the scorer's post-training calibration (``observe_static`` on N clips in batches of
-64, as ``bench score`` does with its defaults) under the default HistogramObserver and under MinMaxObserver.
+64, as ``bench score`` does with its defaults, FX preparation included) under the default HistogramObserver and
+under MinMaxObserver, and the conversion of the observed model to INT8 that follows.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from bench.models import create_model
 from bench.provenance import cpu_model
-from bench.score.quantize import observe_static, quantize_static
+from bench.score.quantize import convert_prepared, observe_static, quantize_static
 
 DEFAULT_MODELS = ("cpmobile_baseline", "cpmobile_passt_mel", "dsflexinet_sm1", "dsflexinet_sm2", "dsflexinet_sm3",
                   "dsflexinet_sm4", "tfsepnet_64")
@@ -44,12 +45,14 @@ def clips_per_s(net: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
     return len(x) / best
 
 
-def calibration_s(model, n_clips: int, recipe: dict | None) -> float:
-    """Seconds to observe ``n_clips`` clips in batches of 64 (FX preparation included)."""
+def calibration_s(model, n_clips: int, recipe: dict | None) -> tuple[float, float]:
+    """Seconds to observe ``n_clips`` clips in batches of 64 (FX preparation included), and then to convert."""
     x = model.features(0.05 * torch.randn(n_clips, model.sample_rate))
     start = time.perf_counter()
-    observe_static(model.net, list(torch.split(x, 64)), x[:1], recipe)
-    return time.perf_counter() - start
+    observed = observe_static(model.net, list(torch.split(x, 64)), x[:1], recipe)
+    observe = time.perf_counter() - start
+    convert_prepared(observed, recipe)
+    return observe, time.perf_counter() - start - observe
 
 
 def main() -> None:
@@ -83,7 +86,7 @@ def main() -> None:
             times = {obs: calibration_s(model, args.calibration, {**(recipe or {}), "activation_observer": obs})
                      for obs in ("histogram", "minmax")}
             print(f"{'':20s} calibration on {args.calibration} clips: " + ", ".join(
-                f"{obs} {t:.2f} s" for obs, t in times.items()))
+                f"{obs} {t:.2f} s (then converting {c:.2f} s)" for obs, (t, c) in times.items()))
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def score_submission_folder(run, data, profile, eval_data, out, options, isolati
         with _progress() as bar:
             tick = _Bar(bar)
             if (clips["label"] >= 0).all():
-                calib = _calibration(store, manifest, info.get("validation"))  # INT8 calibration, val_macro_acc
+                calib = calibration_clips(store, manifest, info.get("validation"))  # INT8 calibration, val_macro_acc
                 result = score_submission(sub, store, manifest, manifest.test_split, calib, options, tick)
                 logits, complexity, scores = result.logits, result.complexity, result.scores
             else:
@@ -138,7 +138,7 @@ def score_submission_folder(run, data, profile, eval_data, out, options, isolati
     return ([submission_row(identity, result)] if result else []), False
 
 
-def _calibration(store: Store, manifest, validation: dict | None):
+def calibration_clips(store: Store, manifest, validation: dict | None):
     """The validation clips the run itself used (its recorded split and locations), so a re-score calibrates INT8
     exactly as the run did; for a submission without that record, the default carve."""
     split = (validation or {}).get("split", manifest.train_split)

@@ -6,10 +6,11 @@ on; INT8 calibration uses validation clips carved from the training split.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,17 @@ class ScoreResult:
     int8_scores: Scores | None = None
     extra: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    phase_s: dict[str, float] = field(default_factory=dict)  # wall seconds of each scoring phase, in order
+
+
+@contextlib.contextmanager
+def timed(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the block to ``phases[name]``: where a score's time goes (scoring benchmark)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
 
 
 def align_classes(logits: np.ndarray, class_order: Sequence[str], classes: Sequence[str], who: str) -> np.ndarray:
@@ -177,21 +189,25 @@ def score_submission(sub: Submission, store: Store, manifest: Manifest, split: s
     clips = store.split(split)
     if (clips["label"] < 0).any():
         raise SubmissionError(f"split {split!r} has no labels; use `bench score --outputs` to write predictions")
-    start = time.perf_counter()
-    logits = align_classes(predict_clips(sub, store, clips, options.batch_size, progress, cache=cache), sub.class_order,
-                           manifest.classes, sub.name)
-    predict_s = time.perf_counter() - start
+    start, phases = time.perf_counter(), {}
+    with timed(phases, "test prediction"):
+        logits = align_classes(predict_clips(sub, store, clips, options.batch_size, progress, cache=cache),
+                               sub.class_order, manifest.classes, sub.name)
+    predict_s = phases["test prediction"]
     check_logits(logits, clips, sub.name)
-    scores, predictions = evaluate(clips, logits, manifest, options.n_boot, options.seed)
-    complexity = official_complexity(sub)
+    with timed(phases, "metrics and intervals"):
+        scores, predictions = evaluate(clips, logits, manifest, options.n_boot, options.seed)
+    with timed(phases, "official complexity count"):
+        complexity = official_complexity(sub)
     row = {
         "dataset": manifest.name, "dataset_fingerprint": store.fingerprint, "split": split,
         **metric_columns(scores, predictions), **complexity_columns(complexity), **dtype_columns(complexity),
         "batch_size": options.batch_size, "clips_per_s": len(clips) / max(predict_s, 1e-9),
     }
     if calib is not None and len(calib) and (calib["label"] >= 0).all():
-        row["val_macro_acc"] = validation_macro_accuracy(sub, store, manifest, calib, options, cache)
-    result = ScoreResult(row, scores, complexity, logits, notes=list(sub.notes))
+        with timed(phases, "validation prediction"):
+            row["val_macro_acc"] = validation_macro_accuracy(sub, store, manifest, calib, options, cache)
+    result = ScoreResult(row, scores, complexity, logits, notes=list(sub.notes), phase_s=phases)
     unreadable = unreadable_clips(store, split)
     if unreadable:
         result.notes.append(unreadable_note(len(clips), split, unreadable))
@@ -199,7 +215,8 @@ def score_submission(sub: Submission, store: Store, manifest: Manifest, split: s
     if options.int8:
         _score_int8(sub, store, manifest, clips, calib, options, result, progress, cache)
     if options.energy:
-        _measure_energy(sub, store, clips, options, result)
+        with timed(phases, "energy"):
+            _measure_energy(sub, store, clips, options, result)
     row["wall_s_score"] = time.perf_counter() - start
     return result
 
@@ -316,12 +333,14 @@ def _score_int8(sub, store, manifest, clips, calib, options, result, progress, c
         row["int8_error"] = "not quantized: no validation clips for calibration"
         return
     try:
-        q = quantize_submission(sub, store, calib, options)
+        with timed(result.phase_s, "INT8 static PTQ of every device model (observe, convert)"):
+            q = quantize_submission(sub, store, calib, options)
     except QuantizationError as exc:
         row["int8_error"] = f"not quantizable: {exc}"
         return
-    logits = align_classes(predict_clips(q, store, clips, options.batch_size, progress, "int8", cache), q.class_order,
-                           manifest.classes, q.name)
+    with timed(result.phase_s, "INT8 prediction"):
+        logits = align_classes(predict_clips(q, store, clips, options.batch_size, progress, "int8", cache),
+                               q.class_order, manifest.classes, q.name)
     check_logits(logits, clips, q.name)
     result.int8_scores, _ = evaluate(clips, logits, manifest, 100, options.seed)
     row["int8_macro_acc"] = result.int8_scores.macro_accuracy
