@@ -7,9 +7,11 @@ Scores, on the embedded default data's test split, a saved submission (``--submi
 ``submission/``), by default one shaped like the adaptive-KD system's: CP-Mobile on the PaSST-style mel, an fp16
 model per training device and one for unknown devices, untrained (throughput does not depend on the weights). The
 wall time is the whole command — start-up, predictions, the official complexity count, INT8 quantization and its
-predictions, energy measurement, the row — so clips/s = test clips / wall. ``--phases`` then scores the submission once more, in this process, as the command
-does, and prints the wall seconds of each phase (the scorer's own timings) and the start-up (the command's wall
-minus its row's ``wall_s_score``): which costs are per clip and which are per device model.
+predictions, energy measurement, the row — so clips/s = test clips / wall.
+
+``--phases`` then scores the submission once more, in this process, as the command does, and prints the wall
+seconds of each phase (the scorer's own timings) and the start-up (the command's wall minus its row's
+``wall_s_score``): which costs are per clip and which are per device model.
 
 Reference: Jeong & Kim's official inference package (DCASE 2025 Task 1, run through its own ``predict``: decodes
 each WAV, computes the features, infers) scored **90 clips/s** on the project's reference machine (2 cores, Intel
@@ -86,8 +88,8 @@ def main() -> None:
           f"package path {OFFICIAL_PACKAGE_CLIPS_PER_S:.0f} clips/s on the reference machine: "
           f"{n_test / wall / OFFICIAL_PACKAGE_CLIPS_PER_S:.2f}x")
     for row in rows:
-        print(f"  row {row.get('submission')}: " + ", ".join(f"{k} {row[k]:.1f}" for k in ("clips_per_s", "wall_s_score")
-                                                        if isinstance(row.get(k), (int, float))))
+        shown = [k for k in ("clips_per_s", "wall_s_score") if isinstance(row.get(k), (int, float))]
+        print(f"  row {row.get('submission')}: " + ", ".join(f"{k} {row[k]:.1f}" for k in shown))
 
     if args.phases:
         scored = rows[0]["wall_s_score"]

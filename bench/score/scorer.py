@@ -158,7 +158,8 @@ def calibration_features(sub: Submission, store: Store, clips: pd.DataFrame, rng
     return list(torch.split(sub.load_inputs(waves, pick["device"].tolist()), batch_size))
 
 
-def quantize_submission(sub: ModelSubmission, store: Store, calib: pd.DataFrame, options: ScoreOptions) -> ModelSubmission:
+def quantize_submission(sub: ModelSubmission, store: Store, calib: pd.DataFrame,
+                        options: ScoreOptions) -> ModelSubmission:
     """Static INT8 of every float deployment of ``sub``, each device model calibrated on its own devices'
     validation clips when there is a batch of them, otherwise (and for the general model) on all of them.
     Deployments that are INT8 already are kept as they are."""
