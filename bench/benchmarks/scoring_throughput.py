@@ -31,12 +31,11 @@ from pathlib import Path
 
 import torch
 
-from bench.cli.scoring import calibration_clips
 from bench.data.manifest import load_manifest
 from bench.data.sources import resolve
 from bench.models import create_model
 from bench.provenance import cpu_model
-from bench.score.scorer import ScoreOptions, score_submission
+from bench.score.scorer import ScoreOptions, calibration_clips, score_submission
 from bench.submission import ModelSubmission, load_submission, read_info, save_submission
 
 OFFICIAL_PACKAGE_CLIPS_PER_S = 90.0  # Jeong & Kim's package on the reference machine (see the module docstring)

@@ -16,8 +16,7 @@ from bench.cli.output import err
 from bench.cli.output import out as console
 from bench.data.manifest import load_manifest
 from bench.data.sources import SYNTH, ensure_synth, resolve
-from bench.data.splits import carve_validation
-from bench.data.store import Store, prepare
+from bench.data.store import prepare
 from bench.data.tau import open_dataset
 from bench.packages.export import export_package, submission_dir
 from bench.packages.loader import discover, parse_package
@@ -25,7 +24,8 @@ from bench.packages.outputs import write_outputs
 from bench.packages.runner import package_data, score_package
 from bench.paths import data_home
 from bench.score.rows import submission_row
-from bench.score.scorer import align_classes, official_complexity, predict_clips, score_submission
+from bench.score.scorer import align_classes, calibration_clips, official_complexity, predict_clips, \
+    score_submission
 from bench.errors import SubmissionError
 from bench.submission import load_submission, read_info
 from bench.trust import is_foreign
@@ -136,18 +136,6 @@ def score_submission_folder(run, data, profile, eval_data, out, options, isolati
         return [submission_row(identity, error=str(exc))], True
     _write(out, sub.name, clips["filename"], logits, list(manifest.classes), complexity, scores)
     return ([submission_row(identity, result)] if result else []), False
-
-
-def calibration_clips(store: Store, manifest, validation: dict | None):
-    """The validation clips the run itself used (its recorded split and locations), so a re-score calibrates INT8
-    exactly as the run did; for a submission without that record, the default carve."""
-    split = (validation or {}).get("split", manifest.train_split)
-    if split not in store.info["splits"]:
-        return None
-    train = store.split(split)
-    if validation and validation.get("locations"):
-        return train[train["identifier"].isin(validation["locations"])]
-    return carve_validation(train, (validation or {}).get("fraction", 0.1))[1]
 
 
 def _predict(sub, store, clips, classes, options, progress):

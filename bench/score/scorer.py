@@ -18,6 +18,7 @@ import torch
 
 from bench.data.loaders import ClipDataset, make_loader
 from bench.data.manifest import Manifest
+from bench.data.splits import carve_validation
 from bench.data.store import Store
 from bench.score.complexity import ComplexityError, DeviceModel, SubmissionComplexity, count_devices
 from bench.score.energy import EnergyError, analytic_energy, measure_energy
@@ -147,6 +148,18 @@ def official_complexity(sub: Submission, devices: Sequence[str] = OFFICIAL_DEVIC
         return count_devices(models)
     except ComplexityError as exc:
         raise SubmissionError(f"{sub.name}: {exc}") from exc
+
+
+def calibration_clips(store: Store, manifest: Manifest, validation: dict | None) -> pd.DataFrame | None:
+    """The validation clips the run itself used (its recorded split and locations), so a re-score calibrates INT8
+    exactly as the run did; for a submission without that record, the default carve."""
+    split = (validation or {}).get("split", manifest.train_split)
+    if split not in store.info["splits"]:
+        return None
+    train = store.split(split)
+    if validation and validation.get("locations"):
+        return train[train["identifier"].isin(validation["locations"])]
+    return carve_validation(train, (validation or {}).get("fraction", 0.1))[1]
 
 
 def calibration_features(sub: Submission, store: Store, clips: pd.DataFrame, rng: np.random.Generator,
