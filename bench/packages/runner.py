@@ -151,9 +151,6 @@ class _Events:
         self.arrays: dict[str, np.ndarray] = {}
 
     def read(self, wait_s: float) -> None:
-        if not self.open:
-            time.sleep(wait_s)
-            return
         ready, _, _ = select.select([self.fd], [], [], wait_s)
         if not ready:
             return
@@ -223,7 +220,11 @@ def run_child(job: dict, staging: Path, isolation: Isolation, package_folder: Pa
             if left <= 0:
                 timed_out = True
                 break
-            events.read(min(left, 0.2))
+            if events.open:
+                events.read(min(left, 0.2))
+            else:  # everything was sent: wait for the exit itself, not for the next poll
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(min(left, 0.2))
         while not timed_out and events.open and select.select([read_fd], [], [], 0)[0]:
             events.read(0)  # lines written just before the child exited
     finally:
