@@ -78,14 +78,18 @@ def test_a_typo_inside_a_chained_pre_training_is_a_config_error_naming_it():
 def test_adaptf_sepnet_smoke_end_to_end_and_its_package_reproduces_the_logits(tmp_path, smoke_dataset,
                                                                               exported_package):
     board, log = tmp_path / "board.parquet", io.StringIO()
-    result = run_system("systems/adaptf_sepnet", str(smoke_dataset), "smoke", board=board, progress=False,
-                        score_options=FAST, threads=2,
-                        console=Console(file=log, width=300))
     # two processes train the teachers and, alongside, the pretrain stage's TF-SepNet pre-training
+    first = run_system("systems/adaptf_sepnet", str(smoke_dataset), "smoke", board=None, progress=False,
+                       threads=2, until="pretrain", console=Console(file=log, width=300))
     assert "3 teachers and the pretrain stage's tfsepnet_smoke to train: 2 processes" in log.getvalue()
     assert "stage 2/6 pretrain: trained" in log.getvalue()
-    pretrain_fits = json.loads((result.run_dir / "run.json").read_text())["stages"][1]["budget"]["fits"]
+    pretrain_fits = json.loads((first.run_dir / "run.json").read_text())["stages"][1]["budget"]["fits"]
     assert [(f["fit"], f["cached"]) for f in pretrain_fits] == [("pretrain-tfsepnet_smoke", False)]  # by this run
+    # the rest on one thread (two, beside the other test worker, run slower than one); the thread count is not
+    # part of a stage's identity: the teachers and the pre-training come from the cache
+    result = run_system("systems/adaptf_sepnet", str(smoke_dataset), "smoke", board=board, progress=False,
+                        score_options=FAST, threads=1, console=Console(file=log, width=300))
+    assert [s["reused"] for s in result.stages] == [True, True, False, False, False, False]
     rows = read_board(board).set_index("submission")
     teachers = {"teacher:beats-ssl", "teacher:beats-ssl-sl", "teacher:beats-ssl-frozen"}
     assert set(rows.index) == {"adaptf-sepnet", "adaptf-sepnet-general", "adaptf-sepnet-float", *teachers}
