@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.identity import Recorder, explain_change, harness_files, stale_dependencies
@@ -143,6 +144,24 @@ def test_config_and_system_file_changes_say_what_changed(two_stages, smoke_datas
     assert added.stages[0]["reasons"] == ["system file notes.txt added"]
     again = run_system(two_stages, str(smoke_dataset), "smoke", board=None, progress=False, score_options=FAST)
     assert all(s["reused"] for s in again.stages) and again.run_dir != added.run_dir  # a folder per run
+
+
+def test_nested_recorders_see_what_ran_while_each_was_active():
+    from bench.augment import TimeRoll
+    from bench.score.metrics import macro_accuracy
+
+    labels = np.array([0, 1])
+    with Recorder() as outer:
+        TimeRoll(3)
+        with Recorder() as inner:
+            macro_accuracy(labels, np.array([1.0, 0.0]), 2)
+            assert "bench/score/metrics.py" in inner.dependencies()  # asked while it is still recording
+        TimeRoll(3)
+    assert "bench/augment.py" not in inner.dependencies()  # ran before and after it, not inside
+    assert {"bench/augment.py", "bench/score/metrics.py"} <= set(outer.dependencies())
+    with Recorder() as later:
+        pass
+    assert "bench/augment.py" not in later.dependencies()  # what ran before a recorder is not its dependency
 
 
 def test_recorder_sees_only_code_that_ran_and_degrades_to_everything_when_blind():
