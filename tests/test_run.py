@@ -245,6 +245,40 @@ def test_ddp_two_processes_on_cpu_learns(tiny_system, smoke_dataset, fresh_home,
     assert read_board(board).iloc[0]["status"] == "ok" and metrics["wall_s"] > 0
 
 
+GLOO_WORKERS = """
+import atexit, os, sys
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from bench.train.process_group import destroy_gloo_group_at_exit
+
+def worker(rank, out, port):
+    # registered first, so it runs last (atexit is last in, first out): is the group still alive at the very end?
+    atexit.register(lambda: open(os.path.join(out, str(rank)), "w").write(str(dist.is_initialized())))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    destroy_gloo_group_at_exit()  # what each DDP worker of a fit calls once its group exists
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+"""
+
+
+def test_ddp_workers_destroy_their_gloo_group_before_exit(tmp_path):
+    """Lightning destroys only NCCL groups at exit; a gloo group left to the C++ destructors aborted a finished
+    DDP fit now and then (SIGABRT, "terminate called without an active exception"). The fit itself is
+    `test_ddp_two_processes_on_cpu_learns`."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    script = tmp_path / "workers.py"
+    script.write_text(GLOO_WORKERS)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), port], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [(tmp_path / str(rank)).read_text() for rank in (0, 1)] == ["False", "False"]
+
+
 # --- bad input -----------------------------------------------------------------------------------------------------
 
 def test_system_folder_errors(tmp_path, tiny_system):

@@ -37,6 +37,7 @@ from bench.models import create_model
 from bench.models.base import ASCModel
 from bench.system import SystemSpec
 from bench.train.cache import CacheEntry
+from bench.train.process_group import destroy_gloo_group_at_exit
 from bench.train.task import ClassifierTask, NonFiniteLossError
 
 
@@ -48,6 +49,14 @@ class _NoAdverts(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
+class _DestroyGlooGroupAtExit(L.Callback):
+    """Runs in each DDP worker once its process group exists (:mod:`bench.train.process_group` says why)."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        destroy_gloo_group_at_exit()
+
 
 DATA = Schema("data", {
     "data": Key(str, None, "train this stage on another dataset (a folder; its own classes and validation part) "
@@ -273,6 +282,8 @@ class StageContext:
             callbacks.append(best)
         if self.env.progress:
             callbacks.append(RichProgressBar(leave=False))
+        if self.env.multi_process:
+            callbacks.append(_DestroyGlooGroupAtExit())
         deterministic = torch.are_deterministic_algorithms_enabled()  # before the Trainer switches it on
         trainer = L.Trainer(
             accelerator=self.env.accelerator, devices=self.env.devices, num_nodes=self.env.num_nodes,
