@@ -28,10 +28,10 @@ from bench.score.seeds import AggregateError, aggregate_rows
 from bench.score.scorer import InputCache, ScoreOptions, ScoreResult, score_submission, unreadable_note
 from bench.submission import ModelSubmission, Submission, SubmissionError, save_submission
 from bench.system import RUN, SystemSpec, check_system, load_system
-from bench.threads import choose_threads
+from bench.threads import choose_threads, requested_threads
 from bench.train.datasets import data_progress, external_loader, stage_data
 from bench.train.stages import (RunEnv, StageContext, StageError, StageOutcome, budget_columns,
-                                external_data, run_stage)
+                                external_data, run_stage, thread_note)
 
 
 IN_PROCESS = "in-process: trained by this run"
@@ -69,6 +69,7 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     ``threads``: CPU threads (default: :func:`bench.threads.choose_threads`)."""
     console = console or Console()
     n_threads, why_threads = choose_threads(threads)
+    follow = requested_threads(threads) is None  # measured, so followed through every fit (ThreadGovernor)
     torch.set_num_threads(n_threads)
     spec = load_system(system)
     check_system(spec)  # every profile and variant, before anything trains
@@ -93,19 +94,20 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
 
     env = RunEnv(spec, profile, variant, seed, resolved, run_data, data_home() / "cache" / "stages", accelerator,
                  devices, num_nodes, progress, console, board=board, threads=n_threads,
+                 follow_free_cores=follow,
                  load_external=external_loader(console, progress, profile, val_fraction))
     run_dir = _run_folder(spec, profile, variant, seed, started)
+    threads_said = f"{n_threads} thread{'s' * (n_threads > 1)} ({why_threads}{'; fits follow the free cores' * follow})"
     console.print(f"[bold]{spec.name}[/] ({profile}{', ' + variant if variant else ''}, seed {seed}) on "
                   f"{manifest.name}: {len(run_data.fit)} training / {len(run_data.val)} validation clips; "
-                  f"{n_threads} thread{'s' if n_threads > 1 else ''} ({why_threads}); allocator {allocator.active()}; run "
-                  f"folder {run_dir}")
+                  f"{threads_said}; allocator {allocator.active()}; run folder {run_dir}")
 
     validation = {"split": split, "fraction": val_fraction,
                   "locations": sorted(run_data.val.frame["identifier"].dropna().unique().tolist())}
     record = {"system": spec.name, "system_folder": str(spec.path), "profile": profile, "variant": variant,
               "seed": seed, "dataset": manifest.name, "dataset_fingerprint": store.fingerprint, "train_split": split,
               "validation": validation, "started_at": started.isoformat(), "threads": n_threads,
-              "threads_chosen": why_threads, "allocator": allocator.active()}
+              "threads_chosen": why_threads, "threads_follow_free_cores": follow, "allocator": allocator.active()}
     result = RunResult(run_dir)
     previous: dict[str, dict[str, Any]] = {}
     upstream: dict[str, str] = {}
@@ -154,6 +156,7 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     stages_column = {s["stage"]: {k: v for k, v in s.items() if k != "stage"} for s in result.stages}
     notes += [n for outcome in outcomes.values() for n in outcome.notes]
     budget = [item for outcome in outcomes.values() for item in outcome.budget]
+    notes += [note for note in [thread_note(budget)] if note]
     _copy_reports(outcomes, run_dir)
     for key, (sub, kind) in submissions.items():
         start = time.perf_counter()

@@ -189,6 +189,33 @@ def test_same_seed_same_weights_and_metrics(tiny_system, smoke_dataset, tmp_path
     assert results[0].rows[0]["log_loss"] == results[1].rows[0]["log_loss"]
 
 
+def test_a_run_that_measured_its_threads_follows_the_free_cores_and_one_asked_for_keeps_them(tiny_system,
+                                                                                            smoke_dataset, tmp_path,
+                                                                                            monkeypatch):
+    import torch
+
+    records = {}
+    before = torch.get_num_threads()
+    monkeypatch.delenv("ASCBENCH_THREADS", raising=False)
+    try:
+        for asked in ("1", None):
+            monkeypatch.setenv("ASCBENCH_HOME", str(tmp_path / f"home-{asked}"))
+            if asked is None:
+                monkeypatch.delenv("OMP_NUM_THREADS")
+            else:
+                monkeypatch.setenv("OMP_NUM_THREADS", asked)
+            result = run_tiny(tiny_system, smoke_dataset, None, score_options=FAST)
+            records[asked] = json.loads((result.run_dir / "run.json").read_text())
+    finally:
+        torch.set_num_threads(before)
+    assert not records["1"]["threads_follow_free_cores"] and records[None]["threads_follow_free_cores"]
+    for record in records.values():
+        [fit] = record["stages"][0]["budget"]["fits"]
+        assert fit["threads"] == record["threads"]  # the fit started on the run's threads ...
+        assert isinstance(fit["thread_changes"], list)  # ... and says where it changed them (a few s: nowhere)
+    assert records["1"]["stages"][0]["budget"]["fits"][0]["thread_changes"] == []
+
+
 def test_external_system_folder_is_trained_and_scored(tiny_system, smoke_dataset, tmp_path):
     board = tmp_path / "b.parquet"
     result = run_tiny(tiny_system, smoke_dataset, board)

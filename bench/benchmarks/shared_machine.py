@@ -1,6 +1,7 @@
 """Training throughput on a shared machine: threads, parallel processes and a busy neighbour.
 
-``python -m bench.benchmarks.shared_machine [--models passt_tiny cpresnet_128k] [--batch-size 32] [--steps 8]``
+``python -m bench.benchmarks.shared_machine [--models passt_tiny cpresnet_128k] [--batch-size 32] [--steps 8]
+[--arriving SECONDS]``
 
 For each model, clips/s of the training step (front-end, forward, backward, Adam; random 1-s clips) measured in
 fresh processes:
@@ -8,7 +9,11 @@ fresh processes:
 - quiet, with one thread per core (PyTorch's default), and with one thread;
 - quiet, one process per core with one thread each, summed (how a run trains teachers in parallel);
 - with a neighbour process spinning one core: one thread per core (the trap), and the threads
-  ``bench.threads.choose_threads`` picks with the neighbour running.
+  ``bench.threads.choose_threads`` picks with the neighbour running;
+- ``--arriving S``: a neighbour that comes after training has started, as in a run that counted its cores while the
+  machine was quiet. One thread per core for S seconds quiet, S with the neighbour, S after it left; clips/s in the
+  last two thirds of each phase (after the governor's two windows), with the thread count fixed and with
+  ``bench.threads.ThreadGovernor`` polled before every step, as a fit does.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import torch
 
 from bench import allocator
 from bench.benchmarks.teacher_throughput import train_rate
+from bench.models import create_model
+from bench.models.base import declared_memory_format
 from bench.provenance import cpu_model
-from bench.threads import choose_threads, usable_cores
+from bench.threads import ThreadGovernor, choose_threads, usable_cores
 
 FORK = mp.get_context("fork")
 
@@ -49,12 +56,52 @@ def _spin() -> None:
         pass
 
 
+def _arriving(name: str, batch_size: int, threads: int, phase_s: float, follow: bool, out) -> None:
+    """Train for three phases of ``phase_s`` (quiet, a neighbour spinning one core, quiet again); put each phase's
+    clips/s over its last two thirds, and the governor's changes."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = create_model(name)
+    model.net.to(memory_format=declared_memory_format(model.net))  # as bench trains it
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    wave, label = 0.05 * torch.randn(batch_size, 32_000), torch.randint(0, 10, (batch_size,))
+    governor = ThreadGovernor(ceiling=threads, interval_s=min(5.0, phase_s / 6)) if follow else None
+    rates, neighbour, step = [], None, 0
+    try:
+        for phase in range(3):
+            if phase == 1:
+                neighbour = FORK.Process(target=_spin, daemon=True)
+                neighbour.start()
+            elif phase == 2:
+                neighbour.kill()
+                neighbour.join()
+            start = time.perf_counter()
+            counted, clips = start + phase_s / 3, 0
+            while (now := time.perf_counter()) < start + phase_s:
+                if governor:
+                    governor.poll(step)
+                loss = torch.nn.functional.cross_entropy(model(wave), label)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+                if now >= counted:
+                    clips += batch_size
+            rates.append(clips / (time.perf_counter() - counted))
+    finally:
+        if neighbour is not None and neighbour.is_alive():
+            neighbour.kill()
+    out.put((rates, governor.changes if governor else []))
+
+
 def main() -> None:
     allocator.ensure()  # the allocator bench runs under (bench/allocator.py)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="*", default=["passt_tiny", "cpresnet_128k"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--arriving", type=float, default=0.0, metavar="SECONDS",
+                        help="also: a neighbour that arrives during training (phases of SECONDS each)")
     args = parser.parse_args()
     cores = usable_cores()
     print(f"{cpu_model()}, {cores} usable cores, torch {torch.__version__}; batch {args.batch_size}, median of "
@@ -80,6 +127,19 @@ def main() -> None:
             neighbour.join()
         print(f"{name}: one core busy: {cores} threads {busy:.1f} ({busy / all_threads:.2f}x quiet) | the harness's "
               f"choice, {picked} thread{'s' * (picked > 1)} ({why}): {chosen:.1f} ({chosen / all_threads:.2f}x quiet)")
+        if args.arriving:
+            for follow in (False, True):
+                out = FORK.Queue()
+                worker = FORK.Process(target=_arriving, args=(name, args.batch_size, cores, args.arriving, follow,
+                                                              out))
+                worker.start()
+                (quiet, busy, after), changes = out.get()
+                worker.join()
+                moves = ", ".join(f"{c['from']} -> {c['to']} at {c['after_s']:.0f} s" for c in changes) or "none"
+                print(f"{name}: a neighbour arrives after {args.arriving:.0f} s, {cores} threads "
+                      f"{'followed by the governor' if follow else 'kept'}: quiet {quiet:.1f} | neighbour {busy:.1f} "
+                      f"({busy / quiet:.2f}x quiet) | after it left {after:.1f} ({after / quiet:.2f}x); changes: "
+                      f"{moves}")
 
 
 if __name__ == "__main__":

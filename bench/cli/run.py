@@ -93,8 +93,9 @@ def run(system: str = typer.Argument(..., help="system folder (e.g. systems/base
                                                             "next to the data"),
         until: Optional[str] = typer.Option(None, help="stop after this stage (e.g. teachers): nothing is built or "
                                                        "scored, for tuning on the validation split"),
-        threads: Optional[int] = typer.Option(None, help="CPU threads to compute with (default: $ASCBENCH_THREADS, "
-                                                          "$OMP_NUM_THREADS, or the cores free when the run starts)"),
+        threads: Optional[int] = typer.Option(None, help="CPU threads to compute with, kept for the whole run "
+                                                          "(default: $ASCBENCH_THREADS, $OMP_NUM_THREADS, or the cores "
+                                                          "free, measured at the start and followed through every fit)"),
         progress: bool = typer.Option(True, help="show training progress bars"),
         int8: bool = typer.Option(True, help="also quantize float submissions to INT8 (static PTQ) and score that"),
         energy: bool = typer.Option(True, help="also measure inference energy per clip"),

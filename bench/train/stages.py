@@ -37,6 +37,7 @@ from bench.models import create_model
 from bench.models.base import ASCModel
 from bench.system import SystemSpec
 from bench.train.cache import CacheEntry
+from bench.threads import ThreadGovernor, usable_cores
 from bench.train.process_group import destroy_gloo_group_at_exit
 from bench.train.task import ClassifierTask, NonFiniteLossError
 
@@ -49,6 +50,22 @@ class _NoAdverts(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
+class _FollowFreeCores(L.Callback):
+    """Hands the start of every training batch to the fit's :class:`bench.threads.ThreadGovernor`, and says when it
+    changes the thread count."""
+
+    def __init__(self, governor: ThreadGovernor, console: Console, fit: str):
+        self.governor, self.console, self.fit = governor, console, fit
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        seen = len(self.governor.changes)
+        self.governor.poll(int(trainer.global_step))
+        for change in self.governor.changes[seen:]:
+            self.console.print(f"    {self.fit}: {change['from']} -> {change['to']} thread"
+                               f"{'s' * (change['to'] > 1)} at step {change['step']} (other processes took "
+                               f"{change['others_cores']:.1f} cores)")
 
 
 class _DestroyGlooGroupAtExit(L.Callback):
@@ -106,6 +123,7 @@ class RunEnv:
     load_external: Callable[[str], StageData] | None = None
     board: Path | None = None    # where the run's rows go (a teacher already on it is not scored again)
     threads: int = 1             # CPU threads the run computes with (bench.threads)
+    follow_free_cores: bool = False  # the run measured its threads: fits follow the free cores (ThreadGovernor)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # marks cache entries this run trained
 
     @property
@@ -284,6 +302,11 @@ class StageContext:
             callbacks.append(RichProgressBar(leave=False))
         if self.env.multi_process:
             callbacks.append(_DestroyGlooGroupAtExit())
+        governor = None
+        if self.env.follow_free_cores and self.env.accelerator == "cpu" and not self.env.multi_process:
+            governor = ThreadGovernor(ceiling=usable_cores())
+            callbacks.append(_FollowFreeCores(governor, self.env.console, name))
+        threads = torch.get_num_threads()
         deterministic = torch.are_deterministic_algorithms_enabled()  # before the Trainer switches it on
         trainer = L.Trainer(
             accelerator=self.env.accelerator, devices=self.env.devices, num_nodes=self.env.num_nodes,
@@ -328,7 +351,9 @@ class StageContext:
         (run_dir / "metrics.json").write_text(json.dumps({"wall_s": time.perf_counter() - start, **metrics,
                                                           "steps": int(trainer.global_step),
                                                           "samples": int(trainer.global_step) * opt.batch_size
-                                                          * world}, indent=2))
+                                                          * world, "threads": threads,
+                                                          "thread_changes": governor.changes if governor else []},
+                                                         indent=2))
         self._count_fit(run_dir, name, train)
         return task
 
@@ -338,15 +363,32 @@ class StageContext:
         self.budget.append({"fit": name, "dataset": train.store.dataset_name, "fingerprint": train.store.fingerprint,
                             "data_seed": train.store.generator_seed, "clips": len(train),
                             "steps": metrics.get("steps"), "samples": metrics.get("samples"),
-                            "wall_s": metrics.get("wall_s")})
+                            "wall_s": metrics.get("wall_s"), "threads": metrics.get("threads"),
+                            "thread_changes": metrics.get("thread_changes") or []})
+
+
+def _each_fit_once(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Budget items with a fit several stages share (a teachers' pre-training) once."""
+    return list({item.get("key") or f"#{i}": item for i, item in enumerate(items)}.values())
 
 
 def budget_columns(items: list[dict[str, Any]]) -> dict[str, int]:
     """``train_steps`` and ``train_samples``: the optimizer steps and training samples of every fit, once each
     (a pre-training two teachers share counts once)."""
-    unique = {item.get("key") or f"#{i}": item for i, item in enumerate(items)}.values()
+    unique = _each_fit_once(items)
     return {"train_steps": sum(int(i.get("steps") or 0) for i in unique),
             "train_samples": sum(int(i.get("samples") or 0) for i in unique)}
+
+
+def thread_note(items: list[dict[str, Any]]) -> str | None:
+    """The row's note on fits whose thread count followed the free cores (their sums ran in another order than a
+    run on a fixed count would take), e.g. ``threads followed the free cores in 1 fit: teacher-a 2 -> 1 -> 2``."""
+    changed = [i for i in _each_fit_once(items) if i.get("thread_changes")]
+    if not changed:
+        return None
+    fits = ", ".join(f"{i['fit']} {i['threads']} -> " + " -> ".join(str(c["to"]) for c in i["thread_changes"])
+                     for i in changed)
+    return f"threads followed the free cores in {len(changed)} fit{'s' * (len(changed) > 1)}: {fits}"
 
 
 def external_data(items: list[dict[str, Any]], own_fingerprint: str) -> list[dict[str, Any]] | None:
