@@ -25,9 +25,7 @@ import time
 import torch
 
 from bench import allocator
-from bench.benchmarks.teacher_throughput import train_rate
-from bench.models import create_model
-from bench.models.base import declared_memory_format
+from bench.benchmarks.teacher_throughput import train_rate, training_step
 from bench.provenance import cpu_model
 from bench.threads import ThreadGovernor, choose_threads, usable_cores
 
@@ -60,11 +58,7 @@ def _arriving(name: str, batch_size: int, threads: int, phase_s: float, follow: 
     """Train for three phases of ``phase_s`` (quiet, a neighbour spinning one core, quiet again); put each phase's
     clips/s over its last two thirds, and the governor's changes."""
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = create_model(name)
-    model.net.to(memory_format=declared_memory_format(model.net))  # as bench trains it
-    opt = torch.optim.Adam(model.parameters(), 1e-4)
-    wave, label = 0.05 * torch.randn(batch_size, 32_000), torch.randint(0, 10, (batch_size,))
+    step_once, _ = training_step(name, batch_size)
     governor = ThreadGovernor(ceiling=threads, interval_s=min(5.0, phase_s / 6)) if follow else None
     rates, neighbour, step = [], None, 0
     try:
@@ -80,10 +74,7 @@ def _arriving(name: str, batch_size: int, threads: int, phase_s: float, follow: 
             while (now := time.perf_counter()) < start + phase_s:
                 if governor:
                     governor.poll(step)
-                loss = torch.nn.functional.cross_entropy(model(wave), label)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                step_once()
                 step += 1
                 if now >= counted:
                     clips += batch_size

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -18,26 +19,37 @@ DEFAULT_MODELS = ("passt_tiny", "passt_small", "cpresnet_half", "cpresnet_128k",
                   "dsflexinet_sm2")
 
 
-def train_rate(name: str, batch_size: int, steps: int) -> tuple[float, float]:
-    """(training clips/s, inference clips/s) on random 1-s waveforms; the median step after one warm-up step."""
+def training_step(name: str, batch_size: int) -> tuple[Callable[[], None], torch.nn.Module]:
+    """(one Adam step on a fixed batch of random 1-s waveforms, the model), seeded, in the layout bench trains it
+    in."""
     torch.manual_seed(0)
     model = create_model(name)
     model.net.to(memory_format=declared_memory_format(model.net))  # as bench trains it
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     wave = 0.05 * torch.randn(batch_size, 32_000)
     label = torch.randint(0, 10, (batch_size,))
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
+
+    def step() -> None:
         loss = torch.nn.functional.cross_entropy(model(wave), label)
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+    return step, model
+
+
+def train_rate(name: str, batch_size: int, steps: int) -> tuple[float, float]:
+    """(training clips/s, inference clips/s) on random 1-s waveforms; the median step after one warm-up step."""
+    step, model = training_step(name, batch_size)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        step()
         times.append(time.perf_counter() - start)
     model.eval()
     with torch.inference_mode():
         start = time.perf_counter()
-        model(wave)
+        model(0.05 * torch.randn(batch_size, 32_000))
         infer = time.perf_counter() - start
     return batch_size / sorted(times[1:])[len(times[1:]) // 2], batch_size / infer
 

@@ -1,8 +1,8 @@
 """The end of a DDP worker's process group.
 
 Lightning destroys the process group at exit for NCCL only. A gloo group left to the C++ destructors aborts a worker
-now and then after a finished fit ("terminate called without an active exception", pytorch/pytorch#190489); on the
-reference machine 4 of 20 bare 2-process gloo runs aborted without the call and none of 12 with it.
+now and then after a finished fit ("terminate called without an active exception", pytorch/pytorch#190489); on a 2-core
+AMD EPYC, 4 of 20 bare 2-process gloo runs aborted without the call and none of 12 with it.
 """
 
 from __future__ import annotations

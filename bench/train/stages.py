@@ -36,8 +36,8 @@ from bench.identity import Recorder, blind_all, library_versions
 from bench.models import create_model
 from bench.models.base import ASCModel
 from bench.system import SystemSpec
-from bench.train.cache import CacheEntry
 from bench.threads import ThreadGovernor, usable_cores
+from bench.train.cache import CacheEntry
 from bench.train.process_group import destroy_gloo_group_at_exit
 from bench.train.task import ClassifierTask, NonFiniteLossError
 
