@@ -28,7 +28,7 @@ from bench.score.seeds import AggregateError, aggregate_rows
 from bench.score.scorer import InputCache, ScoreOptions, ScoreResult, score_submission, unreadable_note
 from bench.submission import ModelSubmission, Submission, SubmissionError, save_submission
 from bench.system import RUN, SystemSpec, check_system, load_system
-from bench.threads import choose_threads, requested_threads
+from bench.threads import choose_threads, free_cores, requested_threads
 from bench.train.datasets import data_progress, external_loader, stage_data
 from bench.train.stages import (RunEnv, StageContext, StageError, StageOutcome, budget_columns,
                                 external_data, run_stage, thread_note)
@@ -152,6 +152,8 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
                          "stages": result.stages},
                         system_folder=spec.path)
     options = score_options or ScoreOptions(seed=seed)
+    if follow:  # the last fit may have left fewer threads than the machine has free now (rows record the count)
+        torch.set_num_threads(free_cores())
     cache = InputCache()
     stages_column = {s["stage"]: {k: v for k, v in s.items() if k != "stage"} for s in result.stages}
     notes += [n for outcome in outcomes.values() for n in outcome.notes]
