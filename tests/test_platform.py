@@ -375,10 +375,16 @@ def test_runs_get_their_own_folder_and_a_rescore_makes_the_same_row(tmp_path, sm
     table = runner.invoke(app, ["runs"])
     assert str(second.run_dir) in table.output and "(cached)" in table.output
 
-    rescored = runner.invoke(app, ["score", "--submission", "latest", "--data", str(smoke_dataset), "--board",
-                                   str(tmp_path / "re.parquet"), "--no-energy", "--n-boot", "10", "--out",
-                                   str(tmp_path / "out"), "--json"])
+    threads = torch.get_num_threads()
+    try:
+        rescored = runner.invoke(app, ["score", "--submission", "latest", "--data", str(smoke_dataset), "--board",
+                                       str(tmp_path / "re.parquet"), "--no-energy", "--n-boot", "10", "--out",
+                                       str(tmp_path / "out"), "--json", "--threads", "2"])
+    finally:
+        torch.set_num_threads(threads)
     assert rescored.exit_code == 0, rescored.output
+    assert "scoring on 2 threads (asked for (--threads))" in rescored.stderr
+    assert read_board(tmp_path / "re.parquet").iloc[0]["threads"] == 2
     run_row, again = read_board(tmp_path / "b.parquet").iloc[-1], read_board(tmp_path / "re.parquet").iloc[0]
     same = ["submission", "system", "seed", "profile", "config_hash", "run_dir", "stages", "macro_acc", "log_loss",
             "int8_macro_acc", "int8_size_bytes", "max_macs", "max_param_bytes", "complexity_per_device",

@@ -114,3 +114,12 @@ def test_a_row_says_which_fits_followed_the_free_cores():
             {"fit": "student", "threads": 2, "thread_changes": []}]
     assert thread_note(fits) == "threads followed the free cores in 1 fit: teacher-a 2 -> 1 -> 2"
     assert thread_note(fits[2:]) is None
+
+
+def test_bench_score_takes_its_threads_like_a_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    result = CliRunner().invoke(app, ["score", "--submission", str(tmp_path), "--threads", "0"])
+    assert result.exit_code == 1 and "--threads 0: a run needs at least 1 thread" in result.output

@@ -53,13 +53,27 @@ def score(
     energy: Annotated[bool, typer.Option(help="Also measure inference energy per clip.")] = True,
     energy_clips: Annotated[int, typer.Option(help="Clips in the energy measurement.")] = 256,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the confidence intervals.")] = 1000,
+    threads: Annotated[Optional[int], typer.Option(
+        help="CPU threads to score with, the package's process too (default: $ASCBENCH_THREADS, $OMP_NUM_THREADS, "
+             "or the cores free when scoring starts).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
     """Score an official DCASE 2025 Task 1 inference package, unchanged and isolated, or one of our submissions."""
     if (package is None) == (submission is None):
         err.print("[red]error:[/] pass exactly one of --package NAME[:K] or --submission DIR")
         raise typer.Exit(2)
+    import torch
+
     from bench.score.scorer import ScoreOptions
+    from bench.threads import choose_threads
+
+    try:
+        n_threads, why = choose_threads(threads)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1)
+    torch.set_num_threads(n_threads)  # the rows' `threads` column and the package worker take it from here
+    err.print(f"scoring on {n_threads} thread{'s' * (n_threads > 1)} ({why})")
 
     options = ScoreOptions(batch_size=batch_size, n_boot=n_boot, int8=int8, energy=energy, energy_clips=energy_clips)
     from bench.cli import scoring
