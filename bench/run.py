@@ -158,7 +158,8 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     stages_column = {s["stage"]: {k: v for k, v in s.items() if k != "stage"} for s in result.stages}
     notes += [n for outcome in outcomes.values() for n in outcome.notes]
     budget = [item for outcome in outcomes.values() for item in outcome.budget]
-    notes += [note for note in [thread_note(budget)] if note]
+    note = thread_note([{**item, "stage": stage} for stage, outcome in outcomes.items() for item in outcome.budget])
+    notes += [note] if note else []
     _copy_reports(outcomes, run_dir)
     for key, (sub, kind) in submissions.items():
         start = time.perf_counter()

@@ -109,11 +109,15 @@ def test_the_governor_ignores_a_blip_short_windows_and_its_ceiling(two_threads):
 
 
 def test_a_row_says_which_fits_followed_the_free_cores():
-    fits = [{"fit": "teacher-a", "key": "k1", "threads": 2, "thread_changes": [{"to": 1}, {"to": 2}]},
-            {"fit": "teacher-a", "key": "k1", "threads": 2, "thread_changes": [{"to": 1}, {"to": 2}]},  # shared
-            {"fit": "student", "threads": 2, "thread_changes": []}]
-    assert thread_note(fits) == "threads followed the free cores in 1 fit: teacher-a 2 -> 1 -> 2"
-    assert thread_note(fits[2:]) is None
+    fits = [{"stage": "teachers", "fit": "teacher-a", "key": "k1", "threads": 2,
+             "thread_changes": [{"to": 1}, {"to": 2}]},
+            {"stage": "teachers", "fit": "teacher-a", "key": "k1", "threads": 2,
+             "thread_changes": [{"to": 1}, {"to": 2}]},  # a fit two stages report is one fit
+            {"stage": "distill", "fit": "student", "threads": 2, "thread_changes": []},
+            {"stage": "general", "fit": "fit", "threads": 2, "thread_changes": [{"to": 1}]}]
+    assert thread_note(fits) == ("threads followed the free cores in 2 fits: teachers/teacher-a 2 -> 1 -> 2, "
+                                 "general/fit 2 -> 1")
+    assert thread_note(fits[2:3]) is None
 
 
 def test_bench_score_takes_its_threads_like_a_run(tmp_path):

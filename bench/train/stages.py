@@ -305,7 +305,7 @@ class StageContext:
         governor = None
         if self.env.follow_free_cores and self.env.accelerator == "cpu" and not self.env.multi_process:
             governor = ThreadGovernor(ceiling=usable_cores())
-            callbacks.append(_FollowFreeCores(governor, self.env.console, name))
+            callbacks.append(_FollowFreeCores(governor, self.env.console, f"{self.stage}/{name}"))
         threads = torch.get_num_threads()
         deterministic = torch.are_deterministic_algorithms_enabled()  # before the Trainer switches it on
         trainer = L.Trainer(
@@ -382,12 +382,13 @@ def budget_columns(items: list[dict[str, Any]]) -> dict[str, int]:
 
 def thread_note(items: list[dict[str, Any]]) -> str | None:
     """The row's note on fits whose thread count followed the free cores (their sums ran in another order than a
-    run on a fixed count would take), e.g. ``threads followed the free cores in 1 fit: teacher-a 2 -> 1 -> 2``."""
+    run on a fixed count would take), e.g. ``threads followed the free cores in 1 fit: general/fit 2 -> 1 -> 2``
+    (items with their ``stage``)."""
     changed = [i for i in _each_fit_once(items) if i.get("thread_changes")]
     if not changed:
         return None
-    fits = ", ".join(f"{i['fit']} {i['threads']} -> " + " -> ".join(str(c["to"]) for c in i["thread_changes"])
-                     for i in changed)
+    fits = ", ".join(f"{'/'.join(filter(None, (i.get('stage'), i['fit'])))} {i['threads']} -> "
+                     + " -> ".join(str(c["to"]) for c in i["thread_changes"]) for i in changed)
     return f"threads followed the free cores in {len(changed)} fit{'s' * (len(changed) > 1)}: {fits}"
 
 
