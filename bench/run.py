@@ -28,7 +28,7 @@ from bench.score.seeds import AggregateError, aggregate_rows
 from bench.score.scorer import InputCache, ScoreOptions, ScoreResult, score_submission, unreadable_note
 from bench.submission import ModelSubmission, Submission, SubmissionError, save_submission
 from bench.system import RUN, SystemSpec, check_system, load_system
-from bench.threads import choose_threads, free_cores, requested_threads
+from bench.threads import free_cores, measured_threads, requested_threads
 from bench.train.datasets import data_progress, external_loader, stage_data
 from bench.train.stages import (RunEnv, StageContext, StageError, StageOutcome, budget_columns,
                                 external_data, run_stage, thread_note)
@@ -68,8 +68,9 @@ def run_system(system: str | Path, data: str | None = None, profile: str = "defa
     tuned on what the stages report on the validation split (e.g. the teachers' accuracy) without a test number.
     ``threads``: CPU threads (default: :func:`bench.threads.choose_threads`)."""
     console = console or Console()
-    n_threads, why_threads = choose_threads(threads)
-    follow = requested_threads(threads) is None  # measured, so followed through every fit (ThreadGovernor)
+    asked = requested_threads(threads)
+    n_threads, why_threads = asked or measured_threads()
+    follow = asked is None  # measured, so followed through every fit (ThreadGovernor)
     torch.set_num_threads(n_threads)
     spec = load_system(system)
     check_system(spec)  # every profile and variant, before anything trains

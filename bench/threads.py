@@ -36,13 +36,13 @@ def usable_cores() -> int:
 def free_cores(sample_s: float = SAMPLE_S) -> int:
     """Usable cores minus the cores' worth of CPU time other processes spent over ``sample_s`` seconds (rounded),
     at least 1."""
-    busy = psutil.cpu_percent(interval=sample_s) / 100 * (os.cpu_count() or 1)
-    return max(1, min(usable_cores(), _whole((os.cpu_count() or 1) - busy)))
+    return _free(psutil.cpu_percent(interval=sample_s) / 100 * (os.cpu_count() or 1))
 
 
-def _whole(cores: float) -> int:
-    """Cores rounded half up: a neighbour taking half a core or more takes a core."""
-    return int(cores + 0.5)
+def _free(others: float) -> int:
+    """The usable cores left when other processes take ``others`` cores' worth of CPU time, rounded half up (a
+    neighbour taking half a core or more takes a core), at least 1."""
+    return max(1, min(usable_cores(), int((os.cpu_count() or 1) - others + 0.5)))
 
 
 def requested_threads(requested: int | None = None) -> tuple[int, str] | None:
@@ -65,13 +65,15 @@ def requested_threads(requested: int | None = None) -> tuple[int, str] | None:
     return requested, f"asked for ({source})"
 
 
-def choose_threads(requested: int | None = None) -> tuple[int, str]:
-    """(threads, why): what :func:`requested_threads` finds, else the free cores."""
-    asked = requested_threads(requested)
-    if asked is not None:
-        return asked
+def measured_threads() -> tuple[int, str]:
+    """(threads, why): the free cores now."""
     cores, free = usable_cores(), free_cores()
     return free, (f"{free} of {cores} cores free when the run started" if free < cores else f"{cores} cores, all free")
+
+
+def choose_threads(requested: int | None = None) -> tuple[int, str]:
+    """(threads, why): what :func:`requested_threads` finds, else the free cores."""
+    return requested_threads(requested) or measured_threads()
 
 
 def busy_cpu_s() -> float:
@@ -117,7 +119,7 @@ class ThreadGovernor:
             return
         self._mark = (wall, busy, own)
         others = max(0.0, ((busy - busy0) - (own - own0)) / (wall - wall0))
-        target = max(1, min(self.ceiling, usable_cores(), _whole((os.cpu_count() or 1) - others)))
+        target = min(self.ceiling, _free(others))
         current = torch.get_num_threads()
         if target == current:
             self._streak = 0
