@@ -32,6 +32,7 @@ from bench.errors import SubmissionError
 from bench.identity import digest_of, folder_files
 from bench.models import create_model
 from bench.models.base import SAMPLE_RATE, ASCModel, declared_memory_format
+from bench.score.fp16 import fp16_inference
 from bench.score.quantize import convert_prepared, observe_static, rebuild_int8
 
 # The device ids the official complexity check (test_complexity.py) walks through.
@@ -94,7 +95,8 @@ class Submission:
             x = x.to(dtype) if dtype in (torch.float16, torch.bfloat16) else x
             x = x.contiguous(memory_format=declared_memory_format(model)) if x.dim() == 4 else x
             try:
-                y = model(x).float()
+                with fp16_inference(dtype):
+                    y = model(x).float()
             except Exception as exc:
                 raise SubmissionError(f"{self.name}: model for device {dev!r} failed on input {tuple(x.shape)}: "
                                       f"{type(exc).__name__}: {exc}") from exc

@@ -8,6 +8,7 @@ import torch
 
 from bench import submission
 from bench.models import create_model
+from bench.score.fp16 import fp16_arithmetic
 from bench.score.quantize import prepare_qat
 from bench.score.scorer import complexity_columns, dtype_columns, official_complexity
 from bench.submission import (OFFICIAL_DEVICES, UNKNOWN, Deployment, ModelSubmission, SubmissionError,
@@ -100,6 +101,7 @@ def test_complexity_and_dtype_are_per_device_and_the_row_shows_the_maximum(mixed
     assert columns["max_param_bytes"] == 4 * n_cp and columns["deploy_dtype"] == "mixed"
     assert not columns["compliant"] and "(a)" in columns["compliance_reasons"]  # only device a is over 128 kB
     assert columns["complexity_per_device"]["c"]["dtype"] == "int8"
+    assert columns["fp16_arithmetic"] == fp16_arithmetic()  # the unknown model is fp16 (bench.score.fp16)
 
 
 def test_routing_needs_a_fallback_and_saved_forms_are_validated(tmp_path, mixed):

@@ -7,6 +7,9 @@ under each quantized engine (counted network only, features in).
 The quantized values are the same under every engine (x86 qconfig); only the kernels differ. The harness runs INT8
 on oneDNN (``bench.score.quantize._select_engine``): this shows why. Float deployments infer in the layout their
 network declares (``memory_format``, ``bench.submission.Deployment``): the channels-last columns show where it pays.
+fp16 runs twice: natively (the CPU's fp16 kernels, or PyTorch's reference fallback where it has none) and with the
+convolutions and matrix products on fp32 kernels (``f32k``, ``bench.score.fp16``), which the harness uses on CPUs
+without fp16 arithmetic.
 
 ``--calibration N`` also times the scorer's post-training calibration (``observe_static`` on N clips in batches of
 64, as ``bench score`` does with its defaults, FX preparation included) under the default HistogramObserver and
@@ -16,6 +19,7 @@ under MinMaxObserver, and the conversion of the observed model to INT8 that foll
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import time
 
@@ -23,6 +27,7 @@ import torch
 
 from bench.models import create_model
 from bench.provenance import cpu_model
+from bench.score.fp16 import Fp32Products, fp16_arithmetic
 from bench.score.quantize import convert_prepared, observe_static, quantize_static
 
 DEFAULT_MODELS = ("cpmobile_baseline", "cpmobile_passt_mel", "dsflexinet_sm1", "dsflexinet_sm2", "dsflexinet_sm3",
@@ -33,9 +38,9 @@ DEPLOYED = {"tfsepnet_64": ({"n_mels": 128}, {"float_modules": ["ResidualNorm"],
 ENGINES = ("onednn", "x86", "fbgemm")
 
 
-def clips_per_s(net: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """Best of ``repeats`` timed batches after one warm-up batch."""
-    with torch.inference_mode():
+def clips_per_s(net: torch.nn.Module, x: torch.Tensor, repeats: int, mode=contextlib.nullcontext) -> float:
+    """Best of ``repeats`` timed batches after one warm-up batch, inside ``mode()``."""
+    with torch.inference_mode(), mode():
         net(x)
         best = float("inf")
         for _ in range(repeats):
@@ -66,10 +71,14 @@ def main() -> None:
     engines = [e for e in ENGINES if e in torch.backends.quantized.supported_engines]
     print(f"{cpu_model()}; torch {torch.__version__}; batch {args.batch_size}, {torch.get_num_threads()} threads; "
           "clips/s of the counted network (cl: channels-last)")
-    floats = [(dtype, layout) for dtype in (torch.float32, torch.float16)
+    print(f"fp16 arithmetic: {fp16_arithmetic()} (the harness's fp16 path on this CPU); fp16 native: the CPU's own "
+          "fp16 kernels or PyTorch's fallback; fp16 f32k: products on fp32 kernels (bench.score.fp16)")
+    native, f32k = contextlib.nullcontext, Fp32Products
+    floats = [(dtype, layout, mode) for dtype, mode in ((torch.float32, native), (torch.float16, native),
+                                                        (torch.float16, f32k))
               for layout in (torch.contiguous_format, torch.channels_last)]
-    print(f"{'model':20s} {'fp32':>9s} {'fp32 cl':>9s} {'fp16':>9s} {'fp16 cl':>9s} "
-          + " ".join(f"{'int8 ' + e:>12s}" for e in engines))
+    print(f"{'model':20s} {'fp32':>9s} {'fp32 cl':>9s} {'fp16':>9s} {'fp16 cl':>9s} {'fp16 f32k':>9s} "
+          f"{'f32k cl':>9s} " + " ".join(f"{'int8 ' + e:>12s}" for e in engines))
     for name in args.models:
         torch.manual_seed(0)
         options, recipe = DEPLOYED.get(name, ({}, None))
@@ -78,8 +87,8 @@ def main() -> None:
         rates = [clips_per_s(quantize_static(model.net, [x], x[:1], engine=e, recipe=recipe), x, args.repeats)
                  for e in engines]
         float_rates = [clips_per_s(copy.deepcopy(model.net).to(dtype, memory_format=layout),
-                                   x.to(dtype).contiguous(memory_format=layout), args.repeats)
-                       for dtype, layout in floats]
+                                   x.to(dtype).contiguous(memory_format=layout), args.repeats, mode)
+                       for dtype, layout, mode in floats]
         print(f"{name:20s} " + " ".join(f"{r:9.1f}" for r in float_rates) + " "
               + " ".join(f"{r:12.1f}" for r in rates))
         if args.calibration:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from bench import provenance
 from bench.errors import BoardError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 VERSION_KEY = b"ascbench.schema_version"
 
 KINDS = ("system", "teacher", "package", "ablation")
@@ -35,8 +35,9 @@ STATUSES = ("ok", "failed")
 DEPLOY_DTYPES = ("float16", "float32", "int8", "mixed")
 ENERGY_METHODS = ("rapl", "cpu-load-estimate")
 TEACHER_GATES = ("pass", "flagged", "excluded")
+FP16_ARITHMETICS = ("native", "fp32-kernels")  # bench.score.fp16
 ENUMS = {"kind": KINDS, "status": STATUSES, "deploy_dtype": DEPLOY_DTYPES, "energy_method": ENERGY_METHODS,
-         "teacher_gate": TEACHER_GATES}
+         "teacher_gate": TEACHER_GATES, "fp16_arithmetic": FP16_ARITHMETICS}
 
 REQUIRED = frozenset({"submission", "system", "kind", "status"})
 FRACTIONS = ("macro_acc", "macro_acc_ci_low", "macro_acc_ci_high", "overall_acc", "acc_known", "acc_unseen",
@@ -70,7 +71,7 @@ SCHEMA = pa.schema(
         # seeds: one row per seed, plus an aggregate row over them
         ("n_seeds", _I64), ("seeds", _STR), ("seed_rows", _STR), ("macro_acc_seed_std", _F64),
         # deployment precision
-        ("deploy_dtype", _STR), ("int8_macro_acc", _F64), ("int8_size_bytes", _I64), ("int8_error", _STR),
+        ("deploy_dtype", _STR), ("fp16_arithmetic", _STR), ("int8_macro_acc", _F64), ("int8_size_bytes", _I64), ("int8_error", _STR),
         # complexity
         ("max_macs", _I64), ("max_param_bytes", _I64), ("params", _I64), ("thop_macs", _I64),
         ("dispatcher_macs", _I64), ("complexity_per_device", _STR), ("compliant", _BOOL),
@@ -90,7 +91,8 @@ COLUMNS = tuple(SCHEMA.names)
 # columns each schema version added: a row's checksum covers the columns of the version it was written with
 ADDED_IN = {4: ("ci_method", "intervals", "clips_digest", "clip_predictions", "n_seeds", "seeds", "seed_rows",
                 "macro_acc_seed_std"),
-            5: ("val_macro_acc", "teacher_gate", "train_steps", "train_samples", "external_data")}
+            5: ("val_macro_acc", "teacher_gate", "train_steps", "train_samples", "external_data"),
+            6: ("fp16_arithmetic",)}
 
 
 # ---------------------------------------------------------------------------------------------------------- rows

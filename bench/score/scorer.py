@@ -22,6 +22,7 @@ from bench.data.splits import carve_validation
 from bench.data.store import Store
 from bench.score.complexity import ComplexityError, DeviceModel, SubmissionComplexity, count_devices
 from bench.score.energy import EnergyError, analytic_energy, measure_energy
+from bench.score.fp16 import fp16_arithmetic
 from bench.score.leaderboard import DEPLOY_DTYPES
 from bench.score.metrics import Scores, macro_accuracy, score_predictions
 from bench.score.predictions import ClipPredictions
@@ -276,10 +277,12 @@ def complexity_columns(complexity: SubmissionComplexity) -> dict:
 
 
 def dtype_columns(complexity: SubmissionComplexity) -> dict:
-    """The deployed parameter dtype (``mixed`` when device models differ) and the analytic energy of the most
-    expensive device model, each device model at its own dtype (left empty for dtypes the model cannot price)."""
+    """The deployed parameter dtype (``mixed`` when device models differ), which kernels ran the fp16 ones
+    (``bench.score.fp16``) and the analytic energy of the most expensive device model, each device model at its own
+    dtype (left empty for dtypes the model cannot price)."""
     dtypes = {r.dtype for r in complexity.per_device.values()}
-    out: dict = {"deploy_dtype": dtypes.pop() if len(dtypes) == 1 else "mixed"}
+    out: dict = {"deploy_dtype": next(iter(dtypes)) if len(dtypes) == 1 else "mixed",
+                 "fp16_arithmetic": fp16_arithmetic() if "float16" in dtypes else None}
     if out["deploy_dtype"] not in DEPLOY_DTYPES:
         out["deploy_dtype"] = None
     try:
