@@ -2,9 +2,9 @@
 
 PyTorch's fp16 convolutions and matrix products run on oneDNN's fp16 kernels only where the CPU has fp16
 arithmetic (AVX512-FP16 or AMX-FP16, e.g. Intel Sapphire Rapids). Elsewhere (AMD EPYC, Intel CPUs before
-Sapphire Rapids) they fall back to reference loops, one call per convolution group. Measured on a 2-core AMD EPYC
-(AVX2, 2026-12-06), CP-Mobile predicted 47 clips/s in fp16 against 831 in fp32; the fallback took 91 % of the
-forward pass.
+Sapphire Rapids) they fall back to reference loops, one call per convolution group. On a 2-core AMD EPYC (AVX2,
+2026-12-06; ``python -m bench.benchmarks.int8_inference``), CP-Mobile on the PaSST mel predicted 58.5 clips/s in
+fp16 against 867.7 in fp32, channels-last; the fallback took 91 % of the forward pass.
 
 There, :func:`fp16_inference` routes just those operations through their fp32 kernels. Their fp16 inputs and
 weights are upcast exactly, the products are summed in fp32, and the result is rounded to fp16 once. That is the

@@ -71,7 +71,8 @@ SCHEMA = pa.schema(
         # seeds: one row per seed, plus an aggregate row over them
         ("n_seeds", _I64), ("seeds", _STR), ("seed_rows", _STR), ("macro_acc_seed_std", _F64),
         # deployment precision
-        ("deploy_dtype", _STR), ("fp16_arithmetic", _STR), ("int8_macro_acc", _F64), ("int8_size_bytes", _I64), ("int8_error", _STR),
+        ("deploy_dtype", _STR), ("fp16_arithmetic", _STR), ("int8_macro_acc", _F64), ("int8_size_bytes", _I64),
+        ("int8_error", _STR),
         # complexity
         ("max_macs", _I64), ("max_param_bytes", _I64), ("params", _I64), ("thop_macs", _I64),
         ("dispatcher_macs", _I64), ("complexity_per_device", _STR), ("compliant", _BOOL),
