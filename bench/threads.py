@@ -99,8 +99,9 @@ class ThreadGovernor:
     the machine's busy time minus this process's own, in cores. The free cores are the machine's cores minus that,
     rounded, between 1 and ``ceiling``. When ``confirm`` windows in a row call for a count other than the current
     one, the governor sets it and records the change in ``changes``. The teacher stage's helper processes count as
-    other processes, so two of them keep one thread each, and the one left when the other is done takes both
-    cores. Results then depend on when the neighbour came (sums run in another order on another thread count);
+    other processes, so the run's own process keeps one thread beside a helper and takes both cores once the
+    helper is done. A helper itself stays on one thread: it is forked, and a fork must not compute on more
+    (``bench.train.teachers.start_helpers``). Results then depend on when the neighbour came (sums run in another order on another thread count);
     ``--threads N`` pins the count."""
 
     def __init__(self, ceiling: int, interval_s: float = 5.0, confirm: int = 2,

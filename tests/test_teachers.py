@@ -68,16 +68,17 @@ def epoch_losses(fit_dir: Path) -> list[float]:
 
 def test_pretraining_is_shared_drops_the_head_and_every_row_counts_its_budget(tmp_path, smoke_dataset,
                                                                               isolated_data_home):
-    """On 2 threads a forked helper process trains the second teacher while the run trains the first (both wait
-    for the one shared pre-training): every row and budget is what one process would have produced."""
+    """On 3 threads a forked helper process (on one thread: a fork must not compute on more) trains the second
+    teacher while the run trains the first on the other two (both wait for the one shared pre-training): every row
+    and budget is what one process would have produced."""
     log = io.StringIO()
     folder = write(tmp_path / "gate", 0.0, "flag")
     toml = (folder / "system.toml").read_text()  # teachers of their own: other tests train the seed-1/2 ones
     (folder / "system.toml").write_text(toml.replace("seed = 1,", "seed = 11,").replace("seed = 2,", "seed = 12,"))
     result = run_system(folder, str(smoke_dataset), "smoke", board=None,
-                        progress=False, score_options=FAST, threads=2, console=Console(file=log, width=300))
-    assert "2 teachers to train: 2 processes, 1 thread each" in log.getvalue()
-    assert torch.get_num_threads() == 2  # the run's threads are back after the teachers
+                        progress=False, score_options=FAST, threads=3, console=Console(file=log, width=300))
+    assert "2 teachers to train: 2 processes, this one on 2 threads, the other on 1 each" in log.getvalue()
+    assert torch.get_num_threads() == 3  # the run's threads are back after the teachers
     entries = [p for p in (isolated_data_home / "cache" / "pretrained").glob("cpresnet_half-*/done.json")
                if json.loads(p.read_text())["static"]["model_options"] == {"n_mels": 32}]  # other tests pre-train too
     assert len(entries) == 1  # one checkpoint per (architecture, corpus, recipe), shared by both teachers

@@ -374,28 +374,37 @@ def start_helpers(ctx: StageContext, cfgs: list[dict[str, Any]], pretrain_stage:
     ``k``-th job and goes on through the list, skipping jobs another process holds (the teachers that start from
     one self-supervised pre-training wait for it; meanwhile a process pre-trains the student) and coming back to
     them at the end; the cache's per-entry locks make nothing train twice, and this process then collects every
-    teacher in order. The run's threads are shared out (this process keeps its share until :func:`join_helpers`).
-    None on one thread, a GPU or under DDP (where nothing is looked up), or with fewer than two jobs."""
+    teacher in order.
+
+    Each helper computes on **one thread**, and this process on the rest of the run's threads (until
+    :func:`join_helpers`). A forked process must not use more: GNU OpenMP, which PyTorch's wheels use, keeps its
+    thread team across ``fork`` without the threads, so a fork of a process that has computed on two or more
+    threads hangs for ever in its first parallel region on two or more. A cold ``bench run systems/dsflexinet``
+    hung so when the helper's last teacher took the second core once the other process was done. A helper
+    therefore neither starts on more than one thread nor follows the free cores. None on one thread, a GPU or
+    under DDP (where nothing is looked up), or with fewer than two jobs."""
     if ctx.env.accelerator != "cpu" or ctx.env.multi_process or ctx.env.threads < 2:
         return [], []
     jobs, what = _jobs(ctx, cfgs, pretrain_stage)
     n = min(ctx.env.threads, len(jobs))
     if n < 2:
         return [], []
-    share = ctx.env.threads // n
     helpers = []
     for k in range(1, n):
-        helper = mp.get_context("fork").Process(target=_helper, args=(ctx, jobs[k:] + jobs[:k], share),
+        helper = mp.get_context("fork").Process(target=_helper, args=(ctx, jobs[k:] + jobs[:k]),
                                                  name=f"teachers-helper-{k}", daemon=True)
         helper.start()
         helpers.append(helper)
-    torch.set_num_threads(share)
-    ctx.env.console.print(f"    {what} to train: {n} processes, {share} thread{'s' * (share > 1)} each")
+    own = ctx.env.threads - (n - 1)
+    torch.set_num_threads(own)
+    split = "1 thread each" if own == 1 else f"this one on {own} threads, the other{'s' * (n > 2)} on 1 each"
+    ctx.env.console.print(f"    {what} to train: {n} processes, {split}")
     return helpers, jobs
 
 
-def _helper(ctx: StageContext, jobs: list[Callable[[], Any]], threads: int) -> None:
-    torch.set_num_threads(threads)
+def _helper(ctx: StageContext, jobs: list[Callable[[], Any]]) -> None:
+    torch.set_num_threads(1)  # never more in a forked process (start_helpers)
+    ctx.env.follow_free_cores = False
     ctx.env.progress = False  # one progress bar: the main process's
     try:
         work_through(jobs)
