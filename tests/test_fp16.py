@@ -10,12 +10,28 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.models import create_model
 from bench.score import leaderboard as lb
-from bench.score.fp16 import FP32_KERNELS, Fp32Products, fp16_arithmetic, fp16_inference
+from bench.score.fp16 import FP32_KERNELS, PRODUCTS, Fp32Products, fp16_arithmetic, fp16_inference
 from bench.submission import UNKNOWN, Deployment, ModelSubmission
 
 
 def _half(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).half()
+
+
+class _KernelInputs(TorchDispatchMode):
+    """Below the harness's own mode: the dtypes each convolution and matrix product reaches its kernel with."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_dtypes: set[torch.dtype] = set()
+        self.product_dtypes: set[torch.dtype] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in PRODUCTS:
+            self.product_dtypes.add(args[0].dtype)
+            if func.overloadpacket in (torch.ops.aten.conv2d, torch.ops.aten.convolution):
+                self.conv_dtypes.add(args[0].dtype)
+        return func(*args, **(kwargs or {}))
 
 
 def test_products_run_in_fp32_and_round_once_to_fp16():
@@ -29,10 +45,11 @@ def test_products_run_in_fp32_and_round_once_to_fp16():
     ]
     for grad_mode in (torch.inference_mode, torch.no_grad):  # the two spellings the dispatcher shows
         for product, in_fp32 in cases:
-            with grad_mode(), Fp32Products():
+            with grad_mode(), _KernelInputs() as seen, Fp32Products():
                 out = product()
             with grad_mode():
                 expected = in_fp32().half()
+            assert seen.product_dtypes == {torch.float32}          # the kernel got fp32 inputs
             assert out.dtype == torch.float16 and torch.equal(out, expected)
     with torch.inference_mode(), Fp32Products():
         assert F.relu(x).dtype == torch.float16                    # everything else stays fp16
@@ -43,7 +60,7 @@ def test_products_run_in_fp32_and_round_once_to_fp16():
 def test_only_fp16_models_on_cpus_without_fp16_arithmetic_use_them():
     assert fp16_arithmetic() in lb.ENUMS["fp16_arithmetic"]
     with fp16_inference(torch.float32):
-        assert not torch._C._is_torch_function_mode_enabled() and not _dispatch_mode_active()
+        assert not _dispatch_mode_active()
     with fp16_inference(torch.float16):
         assert _dispatch_mode_active() == (fp16_arithmetic() == FP32_KERNELS)
 
@@ -52,19 +69,6 @@ def _dispatch_mode_active() -> bool:
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
     return isinstance(_get_current_dispatch_mode(), Fp32Products)
-
-
-class _KernelInputs(TorchDispatchMode):
-    """Below the harness's own mode: the dtypes each convolution reaches its kernel with."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv_dtypes: set[torch.dtype] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.conv2d, torch.ops.aten.convolution):
-            self.conv_dtypes.add(args[0].dtype)
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.skipif(fp16_arithmetic() != FP32_KERNELS, reason="this CPU has fp16 arithmetic: the native kernels run")
