@@ -88,7 +88,8 @@ def main() -> None:
           f"{n_test / wall / OFFICIAL_PACKAGE_CLIPS_PER_S:.2f}x")
     for row in rows:
         shown = [k for k in ("clips_per_s", "wall_s_score") if isinstance(row.get(k), (int, float))]
-        print(f"  row {row.get('submission')}: " + ", ".join(f"{k} {row[k]:.1f}" for k in shown))
+        print(f"  row {row.get('submission')}: " + ", ".join(f"{k} {row[k]:.1f}" for k in shown)
+              + (f"; fp16 arithmetic {row['fp16_arithmetic']}" if row.get("fp16_arithmetic") else ""))
 
     if args.phases:
         scored = rows[0]["wall_s_score"]
