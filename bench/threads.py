@@ -101,8 +101,8 @@ class ThreadGovernor:
     one, the governor sets it and records the change in ``changes``. The teacher stage's helper processes count as
     other processes, so the run's own process keeps one thread beside a helper and takes both cores once the
     helper is done. A helper itself stays on one thread: it is forked, and a fork must not compute on more
-    (``bench.train.teachers.start_helpers``). Results then depend on when the neighbour came (sums run in another order on another thread count);
-    ``--threads N`` pins the count."""
+    (``bench.train.teachers.start_helpers``). Results then depend on when the neighbour came (sums run in
+    another order on another thread count); ``--threads N`` pins the count."""
 
     def __init__(self, ceiling: int, interval_s: float = 5.0, confirm: int = 2,
                  sample: Callable[[], tuple[float, float, float]] | None = None):

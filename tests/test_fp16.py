@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.models import create_model
 from bench.score import leaderboard as lb
-from bench.score.fp16 import FP32_KERNELS, PRODUCTS, Fp32Products, fp16_arithmetic, fp16_inference
+from bench.score.fp16 import FP32_KERNELS, NATIVE, PRODUCTS, Fp32Products, fp16_arithmetic, fp16_inference
 from bench.submission import UNKNOWN, Deployment, ModelSubmission
 
 
@@ -58,7 +58,7 @@ def test_products_run_in_fp32_and_round_once_to_fp16():
 
 
 def test_only_fp16_models_on_cpus_without_fp16_arithmetic_use_them():
-    assert fp16_arithmetic() in lb.ENUMS["fp16_arithmetic"]
+    assert set(lb.ENUMS["fp16_arithmetic"]) == {NATIVE, FP32_KERNELS} and fp16_arithmetic() in (NATIVE, FP32_KERNELS)
     with fp16_inference(torch.float32):
         assert not _dispatch_mode_active()
     with fp16_inference(torch.float16):
